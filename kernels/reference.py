@@ -54,3 +54,23 @@ def scattered_experts_reference(
         return y
     num_tokens, top_k = gates.shape
     return torch.einsum("tk,tko->to", gates.to(y.dtype), y.view(num_tokens, top_k, -1))
+
+
+def expert_mlp_reference(
+    x: torch.Tensor, input_weight: torch.Tensor, output_weight: torch.Tensor, routing: Routing, activation
+) -> torch.Tensor:
+    """JetMoE's MoE MLP without its output bias: `sum_j g_j * W_out[e_j] (act(a) * b)`, `[a, b] = W_in[e_j] x`."""
+    hidden = scattered_experts_reference(x, input_weight, routing, grouped_out=True)
+    gate_half, up_half = hidden.chunk(2, dim=-1)
+    hidden = activation(gate_half) * up_half
+    return scattered_experts_reference(hidden, output_weight, routing, grouped_in=True, gates=routing.gates)
+
+
+def expert_query_reference(x: torch.Tensor, weight: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """MoA "map": each token's query projection by each of its k experts, `[T*k, H]` in slot order."""
+    return scattered_experts_reference(x, weight, routing)
+
+
+def expert_output_reference(attn: torch.Tensor, weight: torch.Tensor, routing: Routing) -> torch.Tensor:
+    """MoA "reduce": output projection of each slot's attention by its expert, gate-weighted sum per token."""
+    return scattered_experts_reference(attn, weight, routing, gates=routing.gates)
