@@ -1,0 +1,78 @@
+"""Mixture-of-Attention: each token picks k query/output experts; keys and values are shared by all experts.
+
+A token's k experts give it `k * num_key_value_heads` query heads. We lay them out kv-head-major
+(head `h * k + j` is expert slot `j` of kv head `h`), which is exactly grouped-query attention with k query heads
+per kv head: SDPA and flash attention then read each shared key/value head once instead of a repeated copy.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .experts import MoAExperts
+from .layers import apply_rotary
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention with grouped kv heads, for `attn_implementation="eager"`."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+class MoAAttention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = True
+        self.top_k = config.num_experts_per_tok
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.top_k
+        self.head_dim = config.kv_channels
+        self.scaling = self.head_dim**-0.5
+        self.experts = MoAExperts(config)
+        self.kv_proj = nn.Linear(config.hidden_size, 2 * config.kv_channels * config.num_key_value_heads, bias=False)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+        """Returns the attention output `[B, L, hidden]` and the MoA router logits `[B*L, E]`."""
+        batch, length, _ = hidden_states.shape
+        heads, k, dim = self.num_key_value_heads, self.top_k, self.head_dim
+
+        queries, routing, router_logits = self.experts.map(hidden_states)  # [B, L, k, heads*dim]
+        query = queries.view(batch, length, k, heads, dim).permute(0, 3, 2, 1, 4).reshape(batch, heads * k, length, dim)
+        key, value = self.kv_proj(hidden_states).view(batch, length, 2, heads, dim).permute(2, 0, 3, 1, 4)
+
+        cos, sin = position_embeddings
+        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
+        attn, _ = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )  # [B, L, heads*k, dim]
+        attn = attn.reshape(batch, length, heads, k, dim).transpose(2, 3).reshape(batch, length, k, heads * dim)
+        return self.experts.reduce(attn, routing), router_logits
+
+
+def preferred_attn_implementation() -> str:
+    """Flash attention where it is installed and a GPU is present, else PyTorch's SDPA."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash_attention_2" if torch.cuda.is_available() and is_flash_attn_2_available() else "sdpa"

@@ -1,0 +1,34 @@
+"""JetMoE configuration: transformers' `JetMoeConfig` fields, plus what training needs."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import JetMoeConfig
+
+MOE_BACKENDS = ("auto", "torch", "triton")
+
+# Field names used by the original JetMoE release (github.com/myshell-ai/JetMoE) for the same settings.
+_LEGACY_FIELDS = {"moe_num_experts": "num_local_experts", "moe_top_k": "num_experts_per_tok", "num_layers": "num_hidden_layers"}
+
+
+@strict
+class JetMoEConfig(JetMoeConfig):
+    """Same fields, defaults and `model_type` ("jetmoe") as transformers' `JetMoeConfig`, so a `config.json`
+    goes both ways. Added:
+
+    router_z_loss_coef: weight of the router z-loss (JetMoE report: 0.001); `aux_loss_coef` (0.01) weights the
+        load-balancing loss. Both are added to the training loss when `output_router_logits` is on.
+    moe_backend: "torch" (the reference expert path), "triton" (our kernels) or "auto" (Triton on CUDA).
+    """
+
+    router_z_loss_coef: float = 0.001
+    moe_backend: str = "auto"
+
+    def __post_init__(self, **kwargs):
+        for legacy, field in _LEGACY_FIELDS.items():
+            if legacy in kwargs:
+                setattr(self, field, kwargs.pop(legacy))
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        if self.moe_backend not in MOE_BACKENDS:
+            raise ValueError(f"moe_backend={self.moe_backend!r}: expected one of {MOE_BACKENDS}")

@@ -1,0 +1,106 @@
+"""JetMoE's two expert layers — MoA (attention query/output experts) and MoE (GLU MLP experts) — and their router.
+
+Parameter names and shapes follow the JetMoE checkpoint layout (`input_linear.weight` `[E, out, in]`,
+`router.layer.weight`, a shared output `bias`), so transformers' checkpoints load unchanged. The expert math is
+delegated to `kernels`, which runs it with the PyTorch reference or the Triton kernels.
+"""
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+import kernels
+from kernels import Routing
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto" means Triton where it can run (CUDA), the PyTorch reference elsewhere."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return backend
+
+
+class ParallelExperts(nn.Module):
+    """One weight `[num_experts, output_size, input_size]` holding every expert's linear map."""
+
+    def __init__(self, num_experts: int, input_size: int, output_size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))
+
+    def extra_repr(self) -> str:
+        num_experts, output_size, input_size = self.weight.shape
+        return f"num_experts={num_experts}, input_size={input_size}, output_size={output_size}"
+
+
+class TopKRouter(nn.Module):
+    """Linear router; keeps its float32 logits for the router losses."""
+
+    def __init__(self, input_size: int, num_experts: int, top_k: int):
+        super().__init__()
+        self.top_k = top_k
+        self.layer = nn.Linear(input_size, num_experts, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[Routing, torch.Tensor]:
+        logits = self.layer(x).float()
+        return kernels.route(logits, self.top_k, x.dtype), logits
+
+
+class MoEMLP(nn.Module):
+    """Mixture of GLU MLP experts: `sum_j g_j * W_out[e_j] (act(a) * b) + bias` with `[a, b] = W_in[e_j] x`."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden, ffn = config.hidden_size, config.intermediate_size
+        self.backend = config.moe_backend
+        self.activation = ACT2FN[config.activation_function]
+        self.bias = nn.Parameter(torch.empty(hidden))
+        self.input_linear = ParallelExperts(config.num_local_experts, hidden, 2 * ffn)
+        self.output_linear = ParallelExperts(config.num_local_experts, ffn, hidden)
+        self.router = TopKRouter(hidden, config.num_local_experts, config.num_experts_per_tok)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the layer output and the router logits `[B*L, E]`."""
+        flat = x.reshape(-1, x.shape[-1])
+        routing, logits = self.router(flat)
+        out = kernels.expert_mlp(
+            flat,
+            self.input_linear.weight,
+            self.output_linear.weight,
+            routing,
+            self.activation,
+            backend=resolve_backend(self.backend, x.device),
+        )
+        return (out + self.bias).view_as(x), logits
+
+
+class MoAExperts(nn.Module):
+    """The expert half of Mixture-of-Attention: per-expert query ("map") and output ("reduce") projections."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden, attn_size = config.hidden_size, config.kv_channels * config.num_key_value_heads
+        self.backend = config.moe_backend
+        self.bias = nn.Parameter(torch.empty(hidden))
+        self.input_linear = ParallelExperts(config.num_local_experts, hidden, attn_size)
+        self.output_linear = ParallelExperts(config.num_local_experts, attn_size, hidden)
+        self.router = TopKRouter(hidden, config.num_local_experts, config.num_experts_per_tok)
+
+    def map(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing, torch.Tensor]:
+        """Queries of each token by each of its k experts: `[B, L, k, attn_size]`, plus routing and logits."""
+        flat = x.reshape(-1, x.shape[-1])
+        routing, logits = self.router(flat)
+        queries = kernels.expert_query(
+            flat, self.input_linear.weight, routing, backend=resolve_backend(self.backend, x.device)
+        )
+        return queries.view(*x.shape[:-1], routing.top_k, -1), routing, logits
+
+    def reduce(self, attn: torch.Tensor, routing: Routing) -> torch.Tensor:
+        """Output projection of each slot's attention `[B, L, k, attn_size]`, gate-weighted, plus bias."""
+        batch, length, top_k, attn_size = attn.shape
+        out = kernels.expert_output(
+            attn.reshape(-1, attn_size),
+            self.output_linear.weight,
+            routing,
+            backend=resolve_backend(self.backend, attn.device),
+        )
+        return out.view(batch, length, -1) + self.bias

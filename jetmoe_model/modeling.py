@@ -1,0 +1,246 @@
+"""JetMoE decoder, base model and causal LM, checkpoint-compatible with transformers' `JetMoeForCausalLM`."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+
+from .attention import MoAAttention
+from .checkpoint_checks import JetMoECheckpointError, shape_mismatches
+from .configuration import MOE_BACKENDS, JetMoEConfig
+from .experts import MoAExperts, MoEMLP, ParallelExperts
+from .input_checks import check_inputs
+from .layers import RMSNorm, RotaryEmbedding
+from .router_losses import load_balancing_loss, router_z_loss
+
+
+@dataclass
+class JetMoECausalLMOutput(MoeCausalLMOutputWithPast):
+    """`aux_loss` is the (unweighted) load-balancing loss, as in transformers; `router_loss` is what training adds:
+    `aux_loss_coef * aux_loss + router_z_loss_coef * router_z_loss`."""
+
+    router_z_loss: torch.FloatTensor | None = None
+    router_loss: torch.FloatTensor | None = None
+
+
+class JetMoEDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: JetMoEConfig, layer_idx: int):
+        super().__init__()
+        # transformers' JetMoe builds these two norms with the default eps, not `rms_norm_eps`; so do we.
+        self.input_layernorm = RMSNorm(config.hidden_size)
+        self.self_attention = MoAAttention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size)
+        self.mlp = MoEMLP(config)
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+        """Returns the new hidden states and the logits of this layer's two routers (MoA, MoE)."""
+        attn_out, attn_router_logits = self.self_attention(
+            self.input_layernorm(hidden_states),
+            position_embeddings,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_out
+        mlp_out, mlp_router_logits = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + mlp_out, attn_router_logits, mlp_router_logits
+
+
+class JetMoEPreTrainedModel(PreTrainedModel):
+    config_class = JetMoEConfig
+    config: JetMoEConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["JetMoEDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, ParallelExperts):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, MoAExperts | MoEMLP):
+            init.zeros_(module.bias)
+        elif isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq()[0])
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, with shape mismatches reported by tensor name instead of a bare RuntimeError."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except RuntimeError as error:
+            if "mismatched_sizes" not in str(error) or not os.path.isdir(str(pretrained_model_name_or_path)):
+                raise
+            config = kwargs.get("config") or cls.config_class.from_pretrained(pretrained_model_name_or_path, **{
+                key: value for key, value in kwargs.items() if key in cls.config_class.__dataclass_fields__
+            })
+            mismatches = shape_mismatches(cls, config, str(pretrained_model_name_or_path))
+            raise JetMoECheckpointError(
+                f"checkpoint {pretrained_model_name_or_path} does not match its config:\n  " + "\n  ".join(mismatches)
+            ) from None
+
+    def set_moe_backend(self, backend: str) -> None:
+        """Switch every expert layer between "torch", "triton" and "auto" (also recorded in the config)."""
+        if backend not in MOE_BACKENDS:
+            raise ValueError(f"moe_backend={backend!r}: expected one of {MOE_BACKENDS}")
+        self.config.moe_backend = backend
+        for module in self.modules():
+            if isinstance(module, MoAExperts | MoEMLP):
+                module.backend = backend
+
+
+@dataclass
+class JetMoEModelOutput(MoeModelOutputWithPast):
+    pass
+
+
+class JetMoEModel(JetMoEPreTrainedModel):
+    def __init__(self, config: JetMoEConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(JetMoEDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        use_cache=None,
+        output_hidden_states=None,
+        **kwargs,
+    ) -> JetMoEModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`")
+        if use_cache is None:  # a cache is for generation: training steps never build one unasked
+            use_cache = self.config.use_cache and not self.training
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        check_inputs(self.config, input_ids, inputs_embeds, position_ids, attention_mask, past_length)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)
+            position_ids = position_ids.unsqueeze(0)
+
+        # Padding-free packing: with no attention mask, positions restarting at 0 start a new sequence, and
+        # create_causal_mask (or flash attention's varlen path) keeps the packed sequences apart. It only looks for
+        # packed rows when there is no cache, and an empty cache changes nothing else in the mask.
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values if past_length else None,
+            position_ids=position_ids,
+        )
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+
+        hidden_states = inputs_embeds
+        all_hidden_states = [] if output_hidden_states else None
+        router_logits = []
+        for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states, attn_logits, mlp_logits = layer(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+                **kwargs,
+            )
+            router_logits += [attn_logits, mlp_logits]
+        hidden_states = self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+
+        return JetMoEModelOutput(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            router_logits=tuple(router_logits),
+        )
+
+
+class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: JetMoEConfig):
+        super().__init__(config)
+        self.model = JetMoEModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> JetMoECausalLMOutput:
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        aux_loss = z_loss = router_loss = None
+        if output_router_logits:
+            aux_loss = load_balancing_loss(outputs.router_logits, self.config.num_experts_per_tok, attention_mask)
+            z_loss = router_z_loss(outputs.router_logits, attention_mask)
+            router_loss = self.config.aux_loss_coef * aux_loss + self.config.router_z_loss_coef * z_loss
+            if loss is not None:
+                loss = loss + router_loss.to(loss.device)
+
+        return JetMoECausalLMOutput(
+            loss=loss,
+            aux_loss=aux_loss,
+            router_z_loss=z_loss,
+            router_loss=router_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            router_logits=outputs.router_logits if output_router_logits else None,
+        )

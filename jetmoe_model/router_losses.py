@@ -1,0 +1,41 @@
+"""The JetMoE report's router losses, applied to every router (MoA and MoE) of every layer.
+
+- Load balancing (Switch Transformer): `E * sum_e f_e * p_e`, with `f_e` the share of routed slots sent to expert
+  `e` and `p_e` its mean router probability; 1.0 when perfectly balanced, up to E when collapsed.
+- Router z-loss (ST-MoE): mean squared log-sum-exp of the logits; keeps logits small so routing stays stable.
+Each loss is averaged over routers, counting only real tokens when a padding mask is given.
+"""
+
+import torch
+
+
+def _token_weights(attention_mask: torch.Tensor | None, num_rows: int, device) -> torch.Tensor:
+    """1 for real tokens, 0 for padding, over the `B*L` rows the routers saw."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return torch.ones(num_rows, device=device)
+    # With a KV cache the mask also covers past tokens; the routers only saw the last L.
+    length = num_rows // attention_mask.shape[0]
+    return attention_mask[:, -length:].reshape(-1).to(device=device, dtype=torch.float32)
+
+
+def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int, attention_mask=None) -> torch.Tensor:
+    total = 0.0
+    for logits in router_logits:
+        num_experts = logits.shape[-1]
+        weights = _token_weights(attention_mask, logits.shape[0], logits.device)
+        probs = torch.softmax(logits.float(), dim=-1)
+        chosen = torch.zeros_like(probs).scatter_(1, probs.topk(top_k, dim=-1).indices, 1.0)
+        denominator = weights.sum().clamp(min=1.0)
+        slot_share = (chosen * weights[:, None]).sum(0) / (denominator * top_k)
+        mean_prob = (probs * weights[:, None]).sum(0) / denominator
+        total = total + num_experts * (slot_share * mean_prob).sum()
+    return total / len(router_logits)
+
+
+def router_z_loss(router_logits: list[torch.Tensor], attention_mask=None) -> torch.Tensor:
+    total = 0.0
+    for logits in router_logits:
+        weights = _token_weights(attention_mask, logits.shape[0], logits.device)
+        squared = torch.logsumexp(logits.float(), dim=-1).pow(2)
+        total = total + (squared * weights).sum() / weights.sum().clamp(min=1.0)
+    return total / len(router_logits)

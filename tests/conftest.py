@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny JetMoE configs that keep every model test fast on two CPU cores."""
+
+import os
+
+import pytest
+import torch
+
+# Keep CPU runs predictable and quiet.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_SHAPES = {
+    # name: JetMoE config overrides (several shapes, so head/expert bookkeeping is checked beyond one case)
+    "e4k2": dict(hidden_size=32, num_key_value_heads=2, kv_channels=8, intermediate_size=48, num_local_experts=4,
+                 num_experts_per_tok=2),
+    "e8k2": dict(hidden_size=48, num_key_value_heads=4, kv_channels=12, intermediate_size=40, num_local_experts=8,
+                 num_experts_per_tok=2),
+    "e3k1": dict(hidden_size=24, num_key_value_heads=3, kv_channels=8, intermediate_size=20, num_local_experts=3,
+                 num_experts_per_tok=1),
+}
+
+
+def tiny_config_kwargs(shape: str = "e4k2", **overrides) -> dict:
+    return dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=128, **TINY_SHAPES[shape], **overrides)
+
+
+@pytest.fixture
+def tiny_kwargs():
+    return tiny_config_kwargs
