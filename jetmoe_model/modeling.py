@@ -11,7 +11,6 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 
 from .attention import MoAAttention
 from .checkpoint_checks import JetMoECheckpointError, shape_mismatches
@@ -220,7 +219,9 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             **kwargs,
         )
-        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        # logits_to_keep: an int keeps the last n positions (0 keeps all), a tensor selects positions.
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
 
         loss = None
         if labels is not None:
