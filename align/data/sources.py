@@ -1,0 +1,188 @@
+"""Read the raw rows of one split of one source: local jsonl/json/parquet files or directories, or a hub dataset.
+
+Rows come back with where they came from (file and 1-based row: the line number in a jsonl file, the position
+in a json list or parquet table, the index in a hub split) so every later problem can point at them. A line
+that is not JSON is not fatal here: it becomes a row that carries its `RowProblem`, for the loader to count or
+raise. A file that cannot be read at all raises `DataError` at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import INVALID_JSON, WRONG_TYPE, DataError, RowProblem
+from .spec import DataSource
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class RawRow:
+    origin: str  # file path or hub id + split
+    row: int  # 1-based
+    value: dict | RowProblem
+
+
+class LocalSplit:
+    """All rows of a split read from local files, held in memory (local files are small by nature)."""
+
+    def __init__(self, origin: str, rows: list[RawRow]):
+        self.origin, self._rows = origin, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(self, indices: Sequence[int]) -> Iterator[RawRow]:
+        return (self._rows[i] for i in indices)
+
+
+class HubSplit:
+    """A split loaded with `datasets`; rows are only turned into Python objects for the indices asked for."""
+
+    def __init__(self, origin: str, dataset):
+        self.origin, self._dataset = origin, dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def rows(self, indices: Sequence[int]) -> Iterator[RawRow]:
+        indices = list(indices)
+        for index, value in zip(indices, self._dataset.select(indices)):
+            yield RawRow(self.origin, index + 1, value)
+
+
+def read_split(source: DataSource, split: str):
+    """The rows of `split` of `source` (a `LocalSplit` or `HubSplit`); a missing split raises `DataError`."""
+    path = Path(source.path)
+    if path.exists():
+        files = _local_split_files(path, split, source)
+        rows = [row for file in files for row in _read_file(file)]
+        return LocalSplit(str(path), rows)
+    if path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source.path):
+        raise DataError(source.path, "no such file or directory (and not a hub dataset id)")
+    return HubSplit(f"{source.path}:{split}", _load_hub_split(source, split))
+
+
+def _load_hub_split(source: DataSource, split: str):
+    import datasets  # looked up at call time, so tests can stand in for the hub
+
+    try:
+        return datasets.load_dataset(source.path, source.config, split=split)
+    except Exception as error:  # the hub, the network and the builders fail in many ways; name the source
+        raise DataError(source.name, f"cannot load split '{split}' from the hub: {type(error).__name__}: {error}") \
+            from error
+
+
+def _local_split_files(path: Path, split: str, source: DataSource) -> list[Path]:
+    if path.is_file():
+        if path.suffix not in DATA_SUFFIXES:
+            raise DataError(str(path), f"unsupported file type '{path.suffix}' (use {', '.join(DATA_SUFFIXES)})")
+        available = {source.train_split: [path]}
+    else:
+        available = _directory_splits(path, [s for s in (source.train_split, source.test_split) if s])
+    if split not in available:
+        raise DataError(str(path), f"has no split '{split}' (found: {', '.join(sorted(available)) or 'no data files'});"
+                                   " a single file or an unsplit directory is the train split only: set"
+                                   " test_split to null, optionally with the mixture's test_split_size")
+    return available[split]
+
+
+def _directory_splits(directory: Path, wanted: list[str]) -> dict[str, list[Path]]:
+    """Split name -> files: `<split>.<ext>`, `<split>-*.<ext>` or `<split>/**` here or under `data/`."""
+    found = {}
+    for split in wanted:
+        files = []
+        for base in (directory, directory / "data"):
+            files += [f for f in _data_files(base, recursive=False)
+                      if f.stem == split or f.stem.startswith(split + "-")]
+            if (base / split).is_dir():
+                files += _data_files(base / split, recursive=True)
+        if files:
+            found[split] = sorted(set(files))
+    files = _data_files(directory, recursive=True)
+    if not found and files and not any(_looks_split_named(f, directory) for f in files):
+        found[wanted[0]] = files  # plain shards, no split names: the whole directory is the train split
+    elif not found:  # split-named files, but not the ones asked for: list what is there
+        found = {_split_hint(f, directory): [f] for f in files}
+    return found
+
+
+_SPLIT_WORDS = re.compile(r"^(train|test|valid|validation|eval|dev)", re.IGNORECASE)
+
+
+def _looks_split_named(file: Path, directory: Path) -> bool:
+    return any(_SPLIT_WORDS.match(part) for part in file.relative_to(directory).with_suffix("").parts)
+
+
+def _split_hint(file: Path, directory: Path) -> str:
+    return str(file.relative_to(directory))
+
+
+def _data_files(directory: Path, recursive: bool) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    candidates = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(f for f in candidates if f.is_file() and f.suffix in DATA_SUFFIXES and not f.name.startswith("."))
+
+
+def _read_file(path: Path) -> list[RawRow]:
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
+    return readers[path.suffix](path)
+
+
+def _read_jsonl(path: Path) -> list[RawRow]:
+    rows = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines are not rows
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            value = RowProblem(INVALID_JSON, None, f"invalid JSON: {error.msg} at column {error.colno}")
+        rows.append(RawRow(str(path), number, _object_or_problem(value)))
+    return rows
+
+
+def _read_json(path: Path) -> list[RawRow]:
+    try:
+        document = json.loads(_read_text(path))
+    except json.JSONDecodeError as error:
+        raise DataError(str(path), f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") \
+            from None
+    if isinstance(document, dict) and isinstance(document.get("data"), list):
+        document = document["data"]
+    if not isinstance(document, list):
+        raise DataError(str(path), "a .json data file must hold a list of rows or an object with a 'data' list")
+    return [RawRow(str(path), number, _object_or_problem(value)) for number, value in enumerate(document, start=1)]
+
+
+def _read_parquet(path: Path) -> list[RawRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        values = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(str(path), f"not a readable parquet file: {error}") from None
+    return [RawRow(str(path), number, value) for number, value in enumerate(values, start=1)]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(str(path), f"not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise DataError(str(path), f"cannot read: {error.strerror or error}") from None
+
+
+def _object_or_problem(value) -> dict | RowProblem:
+    if isinstance(value, (dict, RowProblem)):
+        return value
+    return RowProblem(WRONG_TYPE, None, f"a row must be a JSON object, got {type(value).__name__}")
