@@ -1,0 +1,42 @@
+"""What JetMoE needs from the engines that `accelerate launch` drives: DDP, DeepSpeed ZeRO-2/3 and FSDP.
+
+ZeRO-3 keeps each parameter as a shard and gathers a module's *own* parameters in that module's forward pre-hook.
+JetMoE's expert layers read their 3-D expert weights (`ParallelExperts.weight`, `MoAExperts.bias`) from the parent
+layer's forward — those submodules' own forwards never run — so unmarked, the expert kernels would get the empty
+shards. Marking `MoAAttention` and `MoEMLP` as ZeRO-3 leaf modules makes DeepSpeed gather every parameter under
+them in their pre-forward (and pre-backward) hook. Every rank then gathers the whole `[E, out, in]` weight whatever
+its tokens routed to, so all ranks issue the same collectives in the same order: no hang on an expert a rank's
+tokens skipped.
+
+DDP, ZeRO-2 and FSDP need nothing here: DDP and ZeRO-2 keep whole weights on every rank, and FSDP
+(`recipes/accelerate_configs/fsdp.yaml`) shards per `JetMoEDecoderLayer`, which gathers the layer's expert weights
+for its whole forward and backward.
+
+Router losses: each rank computes the load-balancing and z-losses on its own micro-batch, and the data-parallel
+engines average gradients over ranks, so the router term trains on the mean of the per-rank losses — the same thing
+gradient accumulation does over micro-batches. tests/test_multiprocess.py checks 2 processes against 1 process with
+2 accumulation steps.
+"""
+
+from torch import nn
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+from jetmoe_model.attention import MoAAttention
+from jetmoe_model.experts import MoEMLP
+
+EXPERT_LAYERS = (MoAAttention, MoEMLP)
+
+
+def prepare_for_sharding(*models: nn.Module | None) -> None:
+    """Mark the expert layers of each model (policy, frozen reference) as ZeRO-3 leaves; a no-op without ZeRO-3.
+
+    Call after the `TrainingArguments` exist (they tell transformers that ZeRO-3 is on) and before the trainer
+    hands the models to DeepSpeed: DPO's reference model is wrapped in the trainer's constructor.
+    """
+    if not is_deepspeed_zero3_enabled():
+        return
+    from deepspeed.utils import set_z3_leaf_modules
+
+    for model in models:
+        if model is not None:
+            set_z3_leaf_modules(model, list(EXPERT_LAYERS))
