@@ -123,3 +123,14 @@ def test_hub_failures_name_the_dataset_and_split(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", FakeHub({"train": ROWS}))
     with pytest.raises(DataError, match=r"org/chat \[cfg\]: cannot load split 'test' from the hub"):
         load_mixture(DataMixture(sources=[DataSource("org/chat", config="cfg")], kind="sft"))
+
+
+def test_source_location_needs_no_download(tmp_path, monkeypatch):
+    from align.data import source_location
+
+    monkeypatch.setattr(datasets, "load_dataset", FakeHub({}))  # would record any call
+    assert source_location(DataSource("HuggingFaceH4/ultrafeedback_binarized")) == "hub"
+    assert source_location(DataSource(str(write_jsonl(tmp_path / "r.jsonl", ROWS)))) == "local"
+    with pytest.raises(DataError, match="no such file"):
+        source_location(DataSource("data/nowhere/rows.jsonl"))
+    assert datasets.load_dataset.calls == []

@@ -3,14 +3,25 @@
     from align.data import DataMixture, DataSource, load_mixture
     mixture = DataMixture(kind="sft", sources=[DataSource("HuggingFaceH4/ultrachat_200k", train_split="train_sft",
                                                           test_split="test_sft", weight=0.5)])
-    datasets, report = load_mixture(mixture)   # DatasetDict(train, test), DataReport
-    report.as_dict()                           # counts per source and drop reason, for run.json
+    splits, report = load_mixture(mixture)   # DatasetDict with "train" and "test" (possibly empty), DataReport
+    report.as_dict()                         # counts per source, split and drop reason, for run.json
+
+Output rows (TRL's conversational formats; messages are exactly {"role", "content"}, roles system/user/assistant):
+    sft:        {"messages": [...]}
+    preference: {"prompt": [... ending with a user turn], "chosen": [assistant ...], "rejected": [assistant ...]}
+
+Every row read is either kept or dropped under one of `DROP_REASONS`; with `strict=True` the structural ones
+(invalid_json, missing_field, wrong_type, unknown_role) raise `DataError` naming the file, row and field instead.
+Modules: `spec` (the dataclasses), `sources` (readers), `formats` (normalisers), `validation` (checks),
+`report` (counts), `mixing` (`load_mixture`).
 """
 
-from .errors import DROP_REASONS, DataError
+from .errors import DROP_REASONS, STRUCTURAL_REASONS, DataError
 from .formats import FEATURES
 from .mixing import load_mixture
 from .report import DataReport
+from .sources import source_location
 from .spec import DataMixture, DataSource
 
-__all__ = ["DataError", "DataMixture", "DataReport", "DataSource", "DROP_REASONS", "FEATURES", "load_mixture"]
+__all__ = ["DataError", "DataMixture", "DataReport", "DataSource", "DROP_REASONS", "FEATURES", "STRUCTURAL_REASONS",
+           "load_mixture", "source_location"]

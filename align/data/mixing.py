@@ -33,6 +33,7 @@ def load_mixture(mixture: DataMixture, tokenizer=None) -> tuple[DatasetDict, Dat
     report = DataReport(kind=mixture.kind, seed=mixture.seed)
     kept: dict[str, list[dict]] = {"train": [], "test": []}
     for position, source in enumerate(mixture.sources):
+        logger.info("data: reading %s (%d/%d)", source.name, position + 1, len(mixture.sources))
         source_report = _load_source(source, position, mixture, pipeline, kept)
         report.sources.append(source_report)
         logger.info("data: %s", _source_line(source_report))

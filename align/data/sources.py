@@ -57,16 +57,26 @@ class HubSplit:
             yield RawRow(self.origin, index + 1, value)
 
 
-def read_split(source: DataSource, split: str):
-    """The rows of `split` of `source` (a `LocalSplit` or `HubSplit`); a missing split raises `DataError`."""
+def source_location(source: DataSource) -> str:
+    """"local" for an existing file or directory, "hub" for something shaped like a hub id; else `DataError`.
+
+    Touches nothing but the local file system, so recipes can be resolved without any download.
+    """
     path = Path(source.path)
     if path.exists():
-        files = _local_split_files(path, split, source)
-        rows = [row for file in files for row in _read_file(file)]
-        return LocalSplit(str(path), rows)
+        return "local"
     if path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source.path):
         raise DataError(source.path, "no such file or directory (and not a hub dataset id)")
-    return HubSplit(f"{source.path}:{split}", _load_hub_split(source, split))
+    return "hub"
+
+
+def read_split(source: DataSource, split: str):
+    """The rows of `split` of `source` (a `LocalSplit` or `HubSplit`); a missing split raises `DataError`."""
+    if source_location(source) == "hub":
+        return HubSplit(f"{source.path}:{split}", _load_hub_split(source, split))
+    path = Path(source.path)
+    rows = [row for file in _local_split_files(path, split, source) for row in _read_file(file)]
+    return LocalSplit(str(path), rows)
 
 
 def _load_hub_split(source: DataSource, split: str):
@@ -75,8 +85,8 @@ def _load_hub_split(source: DataSource, split: str):
     try:
         return datasets.load_dataset(source.path, source.config, split=split)
     except Exception as error:  # the hub, the network and the builders fail in many ways; name the source
-        raise DataError(source.name, f"cannot load split '{split}' from the hub: {type(error).__name__}: {error}") \
-            from error
+        raise DataError(source.name, f"cannot load split '{split}' from the hub (and no local path of that name):"
+                                     f" {type(error).__name__}: {error}") from error
 
 
 def _local_split_files(path: Path, split: str, source: DataSource) -> list[Path]:
