@@ -105,3 +105,14 @@ def test_shipped_samples_load_whole_in_trl_schema(directory):
         if kind == "preference":
             assert row["prompt"][-1]["role"] == "user"
             assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
+
+
+def test_a_side_repeating_the_prompt_column_keeps_only_its_response():
+    row = {"system": S["content"], "prompt": U["content"], "chosen": [U, A], "rejected": B["content"]}
+    assert normalise_preference(row, SOURCE) == {"prompt": [S, U], "chosen": [A], "rejected": [B]}
+
+
+def test_null_conversation_counts_as_missing():
+    with pytest.raises(RowProblem) as caught:
+        normalise_sft({"messages": None}, SOURCE)
+    assert (caught.value.reason, caught.value.field) == ("missing_field", "messages")

@@ -131,15 +131,34 @@ def test_nothing_left_to_train_on_is_an_error(tmp_path):
         load(path)
 
 
-def test_over_long_in_tokens_through_a_chat_template(tmp_path):
+def word_tokenizer():
+    """A whitespace word-level tokenizer with a plain chat template: `role content </s>` per message."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", unk_token="<unk>")
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} {{ m['content'] }} </s> {% endfor %}"
+                               "{% if add_generation_prompt %}assistant {% endif %}")
+    return tokenizer
+
+
+def test_over_long_in_tokens_through_a_chat_template(tmp_path):
+    tokenizer = word_tokenizer()
     path = write_lines(tmp_path / "rows.jsonl", [json.dumps(GOOD)])  # user Hi ! </s> assistant Hello . </s>
     assert len(load(path, max_tokens=8, tokenizer=tokenizer)[0]["train"]) == 1
     with pytest.raises(DataError, match="no training rows"):
         load(path, max_tokens=7, tokenizer=tokenizer)
+
+
+def test_kept_rows_render_through_trl(tmp_path):
+    from trl.data_utils import maybe_apply_chat_template
+
+    tokenizer = word_tokenizer()
+    sft = write_lines(tmp_path / "sft.jsonl", [json.dumps(GOOD)])
+    assert maybe_apply_chat_template(load(sft)[0]["train"][0], tokenizer) == {
+        "text": "user Hi! </s> assistant Hello. </s> "}
+    pairs = write_lines(tmp_path / "pairs.jsonl", [json.dumps(GOOD_PAIR)])
+    assert maybe_apply_chat_template(load(pairs, kind="preference")[0]["train"][0], tokenizer) == {
+        "prompt": "user Capital of Peru? </s> assistant ", "chosen": "Lima. </s> ", "rejected": "Cusco. </s> "}

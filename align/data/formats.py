@@ -46,9 +46,7 @@ def normalise_sft(row: dict, source: DataSource) -> dict:
     """One SFT row in any recognised format -> `{"messages": [...]}`."""
     field = source.messages_field or next((f for f in CONVERSATION_FIELDS if f in row), None)
     if field is not None:
-        if field not in row:
-            raise RowProblem(MISSING_FIELD, field, f"no '{field}' column")
-        return {"messages": to_messages(row[field], field)}
+        return {"messages": to_messages(_required(row, field), field)}
     completion_field = next((f for f in COMPLETION_FIELDS if f in row), None)
     if "prompt" not in row or completion_field is None:
         raise RowProblem(MISSING_FIELD, "messages", "no 'messages' or 'conversations' list and no 'prompt' with "
@@ -67,10 +65,10 @@ def normalise_preference(row: dict, source: DataSource) -> dict:
     rejected = to_messages(_required(row, rejected_field), rejected_field, default_role="assistant")
     shared = _shared_prompt_length(chosen, rejected)
     if shared:
-        prompt = chosen[:shared]
-    else:
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    else:  # the prompt comes from its own column; a side that repeats it keeps only its response
         prompt = _optional_system(row) + to_messages(_required(row, prompt_field), prompt_field, default_role="user")
-    chosen, rejected = chosen[shared:], rejected[shared:]
+        chosen, rejected = _without_prefix(chosen, prompt), _without_prefix(rejected, prompt)
     for name, response in ((chosen_field, chosen), (rejected_field, rejected)):
         if response and response[0]["role"] != "assistant":
             raise RowProblem(NO_ASSISTANT_TURN, name, "the response does not begin with an assistant turn "
@@ -110,6 +108,13 @@ def _shared_prompt_length(chosen: list[dict], rejected: list[dict]) -> int:
     while shared and chosen[shared - 1]["role"] == "assistant":
         shared -= 1
     return shared
+
+
+def _without_prefix(messages: list[dict], prefix: list[dict]) -> list[dict]:
+    for start in (prefix, [m for m in prefix if m["role"] != "system"]):
+        if start and messages[:len(start)] == start:
+            return messages[len(start):]
+    return messages
 
 
 def _optional_system(row: dict) -> list[dict]:
