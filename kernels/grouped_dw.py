@@ -1,0 +1,94 @@
+"""Per-expert weight gradient `dW[e] = sum_r scale[r] * dy[r]^T x[r]` over expert e's grouped rows.
+
+One program owns one `[BLOCK_N, BLOCK_K]` tile of one expert's gradient and walks that expert's rows, reading
+`x` and `dy` through the routing index (no gathered copies) and optionally scaling `dy` by the gate. Experts
+with no rows get zeros. The backward half of `scatter_matmul`; its autograd lives there.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .schedule import RoutingIndex, dot_options, interpreting
+
+
+@triton.jit
+def _grouped_dw_kernel(
+    X, DY, DW, x_rows, dy_rows, row_scale, expert_start, expert_end,
+    N, K,
+    stride_xm, stride_xk, stride_dym, stride_dyn, stride_we, stride_wn, stride_wk,
+    X_INDEXED: tl.constexpr, DY_INDEXED: tl.constexpr, HAS_SCALE: tl.constexpr,
+    PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    expert = tl.program_id(1)
+    num_k = tl.cdiv(K, BLOCK_K)
+    pid_n = pid // num_k
+    pid_k = pid % num_k
+    row_start = tl.load(expert_start + expert)
+    row_end = tl.load(expert_end + expert)
+
+    cols_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    n_mask = cols_n < N
+    k_mask = cols_k < K
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for r0 in range(row_start, row_end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        row_mask = rows < row_end
+        xr = tl.load(x_rows + rows, mask=row_mask, other=0) if X_INDEXED else rows
+        dyr = tl.load(dy_rows + rows, mask=row_mask, other=0) if DY_INDEXED else rows
+        dy = tl.load(
+            DY + dyr.to(tl.int64)[:, None] * stride_dym + cols_n[None, :] * stride_dyn,
+            mask=row_mask[:, None] & n_mask[None, :], other=0.0,
+        )  # fmt: skip
+        x = tl.load(
+            X + xr.to(tl.int64)[:, None] * stride_xm + cols_k[None, :] * stride_xk,
+            mask=row_mask[:, None] & k_mask[None, :], other=0.0,
+        )  # fmt: skip
+        if HAS_SCALE:
+            scale = tl.load(row_scale + rows, mask=row_mask, other=0.0).to(tl.float32)
+            dy = (dy.to(tl.float32) * scale[:, None]).to(x.dtype)
+        if DOT_FP32:
+            dy, x = dy.to(tl.float32), x.to(tl.float32)
+        acc = tl.dot(tl.trans(dy), x, acc, input_precision=PRECISION)
+
+    w_ptrs = DW + expert.to(tl.int64) * stride_we + cols_n[:, None] * stride_wn + cols_k[None, :] * stride_wk
+    tl.store(w_ptrs, acc.to(DW.dtype.element_ty), mask=n_mask[:, None] & k_mask[None, :])
+
+
+def _config(n: int, k: int) -> dict:
+    if interpreting():
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3)
+
+
+def grouped_dw(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    weight_shape: torch.Size,
+    weight_dtype: torch.dtype,
+    index: RoutingIndex,
+    x_rows: torch.Tensor | None,
+    dy_rows: torch.Tensor | None,
+    row_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[E, N, K]` gradient; `x_rows`/`dy_rows` None mean the tensor is already in grouped order."""
+    num_experts, n, k = weight_shape
+    dw = torch.empty(weight_shape, device=x.device, dtype=weight_dtype)
+    cfg = _config(n, k)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), num_experts)
+    unused = index.slot_rows
+    _grouped_dw_kernel[grid](
+        x, dy, dw,
+        x_rows if x_rows is not None else unused,
+        dy_rows if dy_rows is not None else unused,
+        row_scale if row_scale is not None else x,
+        index.expert_start, index.expert_end,
+        n, k,
+        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
+        X_INDEXED=x_rows is not None, DY_INDEXED=dy_rows is not None, HAS_SCALE=row_scale is not None,
+        **dot_options(x.dtype), **cfg,
+    )  # fmt: skip
+    return dw

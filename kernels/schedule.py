@@ -1,0 +1,95 @@
+"""How the grouped expert kernels split routed rows into tiles, computed on the device without host syncs.
+
+A tile of `block_m` grouped rows must belong to one expert (it multiplies by one weight), so each expert's group
+is cut into `ceil(count / block_m)` tiles. Their number depends on the routing, which lives on the GPU; rather than
+read it back, we launch the upper bound `ceil(T*k / block_m) + E` and give the spare programs an empty row range.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .routing import Routing
+
+
+def interpreting() -> bool:
+    """Triton's CPU interpreter (how CI runs the kernels): tiny tiles keep it fast."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_options(dtype: torch.dtype) -> dict:
+    """Compile-time options of the matmul kernels' `tl.dot`.
+
+    float32 stays exact (ieee) so it matches the reference tightly; 16-bit inputs use the tensor cores. Triton's
+    interpreter (3.9) computes 16-bit-float dots wrongly (numpy has no bfloat16), so there the operands are
+    upcast first: products of 16-bit floats are exact in float32, so the result is what the GPU computes.
+    """
+    return dict(PRECISION="ieee" if dtype == torch.float32 else "tf32", DOT_FP32=interpreting())
+
+
+@dataclass
+class TilePlan:
+    """Row range and expert of every row tile (`[num_tiles]` int32 each); spare tiles have `row_start == row_end`."""
+
+    block_m: int
+    row_start: torch.Tensor
+    row_end: torch.Tensor
+    expert: torch.Tensor
+
+    @property
+    def num_tiles(self) -> int:
+        return self.row_start.shape[0]
+
+
+@dataclass
+class RoutingIndex:
+    """Routing in the int32 forms the kernels read, built once per routing and shared by every kernel call."""
+
+    token_rows: torch.Tensor  # [T*k] token row feeding each grouped row (sorted_slots // k)
+    slot_rows: torch.Tensor  # [T*k] slot of each grouped row (sorted_slots)
+    expert_start: torch.Tensor  # [E] first grouped row of each expert
+    expert_end: torch.Tensor  # [E] one past its last grouped row
+    _plans: dict
+
+    def tiles(self, block_m: int) -> TilePlan:
+        if block_m not in self._plans:
+            self._plans[block_m] = _plan_tiles(self, block_m)
+        return self._plans[block_m]
+
+    @property
+    def num_experts(self) -> int:
+        return self.expert_end.shape[0]
+
+
+def routing_index(routing: Routing) -> RoutingIndex:
+    """The `RoutingIndex` of `routing`, cached on the routing object (the MoA uses one routing twice)."""
+    cached = getattr(routing, "_triton_index", None)
+    if cached is None:
+        slots = routing.sorted_slots
+        end = routing.expert_offsets
+        cached = RoutingIndex(
+            token_rows=(slots // routing.top_k).to(torch.int32),
+            slot_rows=slots.to(torch.int32),
+            expert_start=(end - routing.expert_counts).to(torch.int32),
+            expert_end=end.to(torch.int32),
+            _plans={},
+        )
+        routing._triton_index = cached
+    return cached
+
+
+def _plan_tiles(index: RoutingIndex, block_m: int) -> TilePlan:
+    start, end = index.expert_start.long(), index.expert_end.long()
+    num_rows = index.slot_rows.shape[0]
+    num_experts = start.shape[0]
+    tiles_per_expert = (end - start + block_m - 1) // block_m
+    tile_end = tiles_per_expert.cumsum(0)
+    num_tiles = (num_rows + block_m - 1) // block_m + num_experts  # static upper bound: no sync
+    tile = torch.arange(num_tiles, device=start.device)
+    expert = torch.searchsorted(tile_end, tile, right=True).clamp_(max=num_experts - 1)
+    first_tile = tile_end[expert] - tiles_per_expert[expert]
+    row_start = start[expert] + (tile - first_tile) * block_m
+    row_end = end[expert]
+    row_start = torch.minimum(row_start, row_end)  # spare tiles past the last expert's group: empty
+    return TilePlan(block_m, row_start.to(torch.int32), row_end.to(torch.int32), expert.to(torch.int32))
