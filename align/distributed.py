@@ -1,22 +1,24 @@
 """What JetMoE needs from the engines that `accelerate launch` drives: DDP, DeepSpeed ZeRO-2/3 and FSDP.
 
-ZeRO-3 keeps each parameter as a shard and gathers a module's *own* parameters in that module's forward pre-hook.
-JetMoE's expert layers read their 3-D expert weights (`ParallelExperts.weight`, `MoAExperts.bias`) from the parent
-layer's forward — those submodules' own forwards never run — so unmarked, the expert kernels would get the empty
-shards. Marking `MoAAttention` and `MoEMLP` as ZeRO-3 leaf modules makes DeepSpeed gather every parameter under
-them in their pre-forward (and pre-backward) hook. Every rank then gathers the whole `[E, out, in]` weight whatever
-its tokens routed to, so all ranks issue the same collectives in the same order: no hang on an expert a rank's
-tokens skipped.
+ZeRO-3 keeps each parameter as a shard and gathers a module's own parameters in that module's forward pre-hook.
+JetMoE's attention also reads parameters of a submodule whose own forward never runs (`MoAExperts`, used through
+its `map` and `reduce` methods); DeepSpeed fetches such parameters one by one, on access, as "external parameters"
+outside its prefetch schedule. Marking `MoAAttention` and `MoEMLP` as ZeRO-3 leaf
+modules instead gathers every parameter under them in one fetch in their pre-forward (and pre-backward) hook. Every
+rank gathers the whole `[E, out, in]` expert weights whatever its tokens routed to, so all ranks issue the same
+collectives in the same order: no hang on an expert that one rank's tokens skipped.
 
 DDP, ZeRO-2 and FSDP need nothing here: DDP and ZeRO-2 keep whole weights on every rank, and FSDP
 (`recipes/accelerate_configs/fsdp.yaml`) shards per `JetMoEDecoderLayer`, which gathers the layer's expert weights
 for its whole forward and backward.
 
-Router losses: each rank computes the load-balancing and z-losses on its own micro-batch, and the data-parallel
-engines average gradients over ranks, so the router term trains on the mean of the per-rank losses — the same thing
-gradient accumulation does over micro-batches. tests/test_multiprocess.py checks 2 processes against 1 process with
-2 accumulation steps.
+Router losses: each rank computes the load-balancing and z-losses on its own micro-batch (`align/router_loss.py`),
+and the data-parallel engines average gradients over ranks, so the router term trains on the mean of the per-rank
+losses, as gradient accumulation does over micro-batches. tests/test_multiprocess.py checks 2 processes against
+1 process with 2 accumulation steps.
 """
+
+import copy
 
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -40,3 +42,21 @@ def prepare_for_sharding(*models: nn.Module | None) -> None:
     for model in models:
         if model is not None:
             set_z3_leaf_modules(model, list(EXPERT_LAYERS))
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ZeRO-3 already holds the parameters as shards (a model loaded under `zero.Init`)."""
+    return any(hasattr(param, "ds_id") for param in model.parameters())
+
+
+def copy_model(model):
+    """An independent copy of a `PreTrainedModel`, e.g. DPO's frozen reference.
+
+    `deepcopy` of a ZeRO-3-partitioned model keeps only each rank's empty local shard and drops DeepSpeed's
+    bookkeeping, so such a model is loaded again from its checkpoint, sharded the same way.
+    """
+    if not is_partitioned(model):
+        return copy.deepcopy(model)
+    reference = type(model).from_pretrained(model.name_or_path, config=copy.deepcopy(model.config), dtype=model.dtype)
+    prepare_for_sharding(reference)
+    return reference
