@@ -2,7 +2,8 @@
 
 Parameter names and shapes follow the JetMoE checkpoint layout (`input_linear.weight` `[E, out, in]`,
 `router.layer.weight`, a shared output `bias`), so transformers' checkpoints load unchanged. The expert math is
-delegated to `kernels`, which runs it with the PyTorch reference or the Triton kernels.
+delegated to `kernels`, which runs it with the PyTorch reference or the Triton kernels. Each expert projection is
+called as a module, so LoRA wrappers (PEFT's stock `ParamWrapper` or our routed one) see every expert matmul.
 """
 
 import torch
@@ -11,6 +12,7 @@ from transformers.activations import ACT2FN
 
 import kernels
 from kernels import Routing
+from kernels.lora import glu, scattered_experts
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -27,8 +29,24 @@ class ParallelExperts(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_experts, output_size, input_size))
 
+    def forward(
+        self,
+        x: torch.Tensor,
+        routing: Routing,
+        *,
+        backend: str,
+        grouped_in: bool = False,
+        grouped_out: bool = False,
+        gates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each routed row times its expert's weight; rows and orders as in `kernels.scattered_experts_reference`."""
+        return scattered_experts(
+            x, self.weight, routing, grouped_in=grouped_in, grouped_out=grouped_out, gates=gates, backend=backend
+        )
+
     def extra_repr(self) -> str:
-        num_experts, output_size, input_size = self.weight.shape
+        # Under ZeRO-3 `.weight` is this rank's (empty) shard; `ds_shape` is the full one.
+        num_experts, output_size, input_size = getattr(self.weight, "ds_shape", self.weight.shape)
         return f"num_experts={num_experts}, input_size={input_size}, output_size={output_size}"
 
 
@@ -62,14 +80,9 @@ class MoEMLP(nn.Module):
         """Returns the layer output and the router logits `[B*L, E]`."""
         flat = x.reshape(-1, x.shape[-1])
         routing, logits = self.router(flat)
-        out = kernels.expert_mlp(
-            flat,
-            self.input_linear.weight,
-            self.output_linear.weight,
-            routing,
-            self.activation,
-            backend=resolve_backend(self.backend, x.device),
-        )
+        backend = resolve_backend(self.backend, x.device)
+        hidden = glu(self.input_linear(flat, routing, backend=backend, grouped_out=True), self.activation, backend)
+        out = self.output_linear(hidden, routing, backend=backend, grouped_in=True, gates=routing.gates)
         return (out + self.bias).view_as(x), logits
 
 
@@ -89,18 +102,12 @@ class MoAExperts(nn.Module):
         """Queries of each token by each of its k experts: `[B, L, k, attn_size]`, plus routing and logits."""
         flat = x.reshape(-1, x.shape[-1])
         routing, logits = self.router(flat)
-        queries = kernels.expert_query(
-            flat, self.input_linear.weight, routing, backend=resolve_backend(self.backend, x.device)
-        )
+        queries = self.input_linear(flat, routing, backend=resolve_backend(self.backend, x.device))
         return queries.view(*x.shape[:-1], routing.top_k, -1), routing, logits
 
     def reduce(self, attn: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Output projection of each slot's attention `[B, L, k, attn_size]`, gate-weighted, plus bias."""
         batch, length, top_k, attn_size = attn.shape
-        out = kernels.expert_output(
-            attn.reshape(-1, attn_size),
-            self.output_linear.weight,
-            routing,
-            backend=resolve_backend(self.backend, attn.device),
-        )
+        backend = resolve_backend(self.backend, attn.device)
+        out = self.output_linear(attn.reshape(-1, attn_size), routing, backend=backend, gates=routing.gates)
         return out.view(batch, length, -1) + self.bias

@@ -1,0 +1,8 @@
+"""LoRA for JetMoE: every projection, experts included, in PEFT's adapter format.
+
+    arguments       the recipe's `lora:` section
+    config          -> PEFT `LoraConfig` (stock layout), with our routed expert layer registered
+    routed_experts  that layer: PEFT's `ParamWrapper` parameters, routed low-rank matmuls instead of `W + BA`
+    adapters        add fresh adapters to a model, load saved ones
+    stage_support   a loadable base for the adapter, stock-loadable saved configs
+"""

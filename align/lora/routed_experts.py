@@ -1,0 +1,69 @@
+"""PEFT's LoRA wrapper for a JetMoE expert weight, computed through the routing instead of as a dense `W + s*BA`.
+
+It is PEFT's `ParamWrapper` — same `lora_A` `[r*E, in]` / `lora_B` `[out, r*E]` parameters, same state-dict keys,
+same merge — so an adapter trained with it is an ordinary PEFT adapter. Only the forward differs: stock
+`ParamWrapper` folds `W + s*BA` for every expert on every call; this one adds two rank-r grouped matmuls
+(`kernels.lora.expert_lora_delta`) on the rows each expert actually receives.
+"""
+
+import copy
+
+import torch
+from peft.tuners.lora.layer import ParamWrapper
+from torch import nn
+
+from kernels import Routing
+from kernels.lora import combine_slots, expert_lora_delta
+
+
+def expert_factors(lora_A: torch.Tensor, lora_B: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's `ParamWrapper` layout as per-expert factors: `A` `[E, r, in]` and `B` `[E, out, r]`.
+
+    PEFT stacks the experts' `A_e` row-blocks expert-major (`lora_A[e*r + j]`) but interleaves `B`'s columns
+    expert-minor (`lora_B[:, j*E + e]`). Gradients flow back to PEFT's own parameters through both.
+    """
+    out_features, stacked_rank = lora_B.shape
+    rank = stacked_rank // num_experts
+    return (
+        lora_A.view(num_experts, rank, lora_A.shape[-1]),
+        lora_B.view(out_features, rank, num_experts).permute(2, 0, 1).contiguous(),  # small: kernels read it whole
+    )
+
+
+class RoutedExpertLora(ParamWrapper):
+    """LoRA on a `ParallelExperts` weight `[E, out, in]`; each expert has its own rank-r pair."""
+
+    def __init__(self, base_layer, adapter_name, parameter_name, config, **kwargs):
+        # Stock ParamWrapper refuses dropout because it cannot factor x out of W + BA; the routed form can.
+        super().__init__(base_layer, adapter_name, parameter_name, config=_without_dropout(config), **kwargs)
+        if config.lora_dropout:
+            self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout)
+
+    def forward(self, x: torch.Tensor, routing: Routing, *, gates=None, **layout) -> torch.Tensor:
+        """Same call as `ParallelExperts.forward`; `layout` carries `backend` and `grouped_in`/`grouped_out`.
+
+        With gates, base and LoRA rows are summed first and combined once: combining each separately would keep
+        a second `[T*k, out]` activation for the backward.
+        """
+        self._check_forward_args(x, routing, **layout)
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        adapters = [name for name in self.active_adapters if name in self.lora_A]
+        if self.disable_adapters or self.merged or not adapters:
+            return self.base_layer(x, routing, gates=gates, **layout)
+        result = self.base_layer(x, routing, **layout)
+        for adapter in adapters:
+            lora_A, lora_B = expert_factors(
+                self.lora_A[adapter].weight.to(x.dtype), self.lora_B[adapter].weight.to(x.dtype), self.num_experts
+            )
+            result = result + expert_lora_delta(
+                self.lora_dropout[adapter](x), lora_A, lora_B, self.scaling[adapter], routing, **layout
+            )
+        return result if gates is None else combine_slots(result, gates, layout["backend"])
+
+
+def _without_dropout(config):
+    """A copy of the LoRA config with dropout off, for `ParamWrapper`'s checks; the original keeps its value."""
+    config = copy.copy(config)
+    config.lora_dropout = 0.0
+    return config

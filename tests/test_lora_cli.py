@@ -1,0 +1,72 @@
+"""LoRA through the stages: tiny LoRA SFT, then LoRA DPO from its adapter, then export, all by the CLI."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import AutoTokenizer, JetMoeForCausalLM
+from trl import DPOConfig
+
+from align.cli import main
+from align.dpo import dpo_trainer
+from align.lora.arguments import LoraArguments
+from align.lora.config import jetmoe_lora_config
+from align.recipes import load_recipe
+from align.tokenizer import load_tokenizer
+from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
+
+QUICK = ["--max_steps", "2", "--max_length", "96", "--per_device_train_batch_size", "4",
+         "--per_device_eval_batch_size", "8", "--logging_steps", "1"]
+
+
+LORA_RECIPES = {
+    "recipes/tiny/sft_lora.yaml": "sft",
+    "recipes/tiny/dpo_lora.yaml": "dpo",
+    "recipes/jetmoe-8b-chat/sft/config_lora.yaml": "sft",
+    "recipes/jetmoe-8b-chat/dpo/config_lora.yaml": "dpo",
+}
+
+
+@pytest.mark.parametrize("path", sorted(LORA_RECIPES))
+def test_lora_recipes_parse_and_take_lora_overrides(path):
+    recipe = load_recipe(path, LORA_RECIPES[path], {"lora.r": 8, "bf16": False})  # bf16 needs a GPU to parse
+    assert recipe.lora.r == 8 and recipe.lora.alpha >= 16
+    assert jetmoe_lora_config(recipe.lora).target_parameters
+
+
+@pytest.mark.slow
+def test_tiny_lora_sft_then_dpo_then_export(tmp_path):
+    sft, dpo, merged = tmp_path / "sft", tmp_path / "dpo", tmp_path / "merged"
+    assert main(["sft", "recipes/tiny/sft_lora.yaml", "--output_dir", str(sft), *QUICK]) == 0
+    assert main(["dpo", "recipes/tiny/dpo_lora.yaml", "--model.name_or_path", str(sft),
+                 "--output_dir", str(dpo), *QUICK]) == 0
+    assert main(["export", str(dpo), str(merged)]) == 0
+
+    config = json.loads((dpo / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(dpo / "base")  # the SFT adapter merged: DPO's start
+    assert json.loads((dpo / "run.json").read_text())["recipe"]["lora"]["r"] == 16
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    stock = JetMoeForCausalLM.from_pretrained(merged).eval()
+    adapted = PeftModel.from_pretrained(JetMoEForCausalLM.from_pretrained(dpo / "base"), dpo).eval()
+    torch.testing.assert_close(stock(ids).logits, adapted(ids).logits, atol=1e-4, rtol=0)
+    assert stock.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_lora_dpo_reference_is_the_policy_with_adapters_disabled(tmp_path):
+    tokenizer = load_tokenizer("recipes/tiny/tokenizer")
+    model = JetMoEForCausalLM(JetMoEConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                           num_key_value_heads=2, kv_channels=8, intermediate_size=32,
+                                           num_local_experts=4, moe_backend="torch"))
+    pair = {"prompt": [{"role": "user", "content": "Say hi."}], "chosen": [{"role": "assistant", "content": "Hi!"}],
+            "rejected": [{"role": "assistant", "content": "No."}]}
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, max_steps=1,
+                     bf16=False)
+    trainer = dpo_trainer(args, model, tokenizer, Dataset.from_list([pair] * 2),
+                          peft_config=jetmoe_lora_config(LoraArguments(r=2)))
+    assert trainer.ref_model is None  # no second copy of the weights
+    assert isinstance(trainer.model, PeftModel) and list(trainer.model.peft_config) == ["default"]
