@@ -1,8 +1,7 @@
-"""Per-expert weight gradient `dW[e] = sum_r scale[r] * dy[r]^T x[r]` over expert e's grouped rows.
+"""Per-expert weight gradient `dW[e] = sum_r dy[r]^T x[r]` over expert e's grouped rows.
 
 One program owns one `[BLOCK_N, BLOCK_K]` tile of one expert's gradient and walks that expert's rows, reading
-`x` and `dy` through the routing index (no gathered copies) and optionally scaling `dy` by the gate. Experts
-with no rows get zeros. The backward half of `scatter_matmul`; its autograd lives there.
+`x` and `dy` through the routing index (no gathered copies). Experts with no rows get zeros. The backward half of `scatter_matmul`; its autograd lives there.
 """
 
 import torch
@@ -14,11 +13,10 @@ from .schedule import RoutingIndex, dot_options, interpreting
 
 @triton.jit
 def _grouped_dw_kernel(
-    X, DY, DW, x_rows, dy_rows, row_scale, expert_start, expert_end,
+    X, DY, DW, x_rows, dy_rows, expert_start, expert_end,
     N, K,
     stride_xm, stride_xk, stride_dym, stride_dyn, stride_we, stride_wn, stride_wk,
-    X_INDEXED: tl.constexpr, DY_INDEXED: tl.constexpr, HAS_SCALE: tl.constexpr,
-    PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
+    X_INDEXED: tl.constexpr, DY_INDEXED: tl.constexpr, PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -47,9 +45,6 @@ def _grouped_dw_kernel(
             X + xr.to(tl.int64)[:, None] * stride_xm + cols_k[None, :] * stride_xk,
             mask=row_mask[:, None] & k_mask[None, :], other=0.0,
         )  # fmt: skip
-        if HAS_SCALE:
-            scale = tl.load(row_scale + rows, mask=row_mask, other=0.0).to(tl.float32)
-            dy = (dy.to(tl.float32) * scale[:, None]).to(x.dtype)
         if DOT_FP32:
             dy, x = dy.to(tl.float32), x.to(tl.float32)
         acc = tl.dot(tl.trans(dy), x, acc, input_precision=PRECISION)
@@ -58,10 +53,13 @@ def _grouped_dw_kernel(
     tl.store(w_ptrs, acc.to(DW.dtype.element_ty), mask=n_mask[:, None] & k_mask[None, :])
 
 
+# Tiles for the GPU, fixed rather than autotuned: best of `bench/bench_kernels.py --sweep` on an H100 (2026-11-23).
+GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3)
+INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+
+
 def _config(n: int, k: int) -> dict:
-    if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3)
+    return dict(INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
 
 
 def grouped_dw(
@@ -72,7 +70,6 @@ def grouped_dw(
     index: RoutingIndex,
     x_rows: torch.Tensor | None,
     dy_rows: torch.Tensor | None,
-    row_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`[E, N, K]` gradient; `x_rows`/`dy_rows` None mean the tensor is already in grouped order."""
     num_experts, n, k = weight_shape
@@ -84,11 +81,10 @@ def grouped_dw(
         x, dy, dw,
         x_rows if x_rows is not None else unused,
         dy_rows if dy_rows is not None else unused,
-        row_scale if row_scale is not None else x,
         index.expert_start, index.expert_end,
         n, k,
         x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
-        X_INDEXED=x_rows is not None, DY_INDEXED=dy_rows is not None, HAS_SCALE=row_scale is not None,
+        X_INDEXED=x_rows is not None, DY_INDEXED=dy_rows is not None,
         **dot_options(x.dtype), **cfg,
     )  # fmt: skip
     return dw

@@ -2,8 +2,7 @@
 
 Grouped row `r` (rows sorted by expert) reads its input from row `in_rows[r]` of `x` (token `t`, read k times,
 or slot `t*k+j`) and writes `out_rows[r]` of `y`, so no gathered copy of the activations is ever materialised.
-The same kernel computes the input gradient (`dx = dy @ W[e]`, the weight read transposed), and can scale each
-output row (the gate, fused into the backward of the gate-weighted combine).
+The same kernel computes the input gradient (`dx = dy @ W[e]`, the weight read transposed).
 """
 
 import torch
@@ -16,10 +15,10 @@ from .schedule import RoutingIndex, dot_options, interpreting
 
 @triton.jit
 def _scatter_mm_kernel(
-    X, W, Y, in_rows, out_rows, row_scale, tile_start, tile_end, tile_expert,
+    X, W, Y, in_rows, out_rows, tile_start, tile_end, tile_expert,
     num_tiles, N, K,
     stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym, stride_yn,
-    IN_INDEXED: tl.constexpr, OUT_INDEXED: tl.constexpr, HAS_SCALE: tl.constexpr, EVEN_K: tl.constexpr,
+    IN_INDEXED: tl.constexpr, OUT_INDEXED: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
@@ -62,17 +61,19 @@ def _scatter_mm_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
-    if HAS_SCALE:
-        acc *= tl.load(row_scale + rows, mask=row_mask, other=0.0).to(tl.float32)[:, None]
     dst = tl.load(out_rows + rows, mask=row_mask, other=0) if OUT_INDEXED else rows
     y_ptrs = Y + dst.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
+# Tiles for the GPU, fixed rather than autotuned: best of `bench/bench_kernels.py --sweep` on an H100 (2026-11-23),
+# 513-613 TFLOP/s on the JetMoE-8B matmuls against 448-536 for 128x128x64.
+GPU_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
+
+
 def _config(n: int, k: int) -> dict:
-    if interpreting():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+    return dict(INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
 
 
 def scatter_mm(
@@ -84,9 +85,8 @@ def scatter_mm(
     num_out_rows: int,
     *,
     transpose_weight: bool = False,
-    row_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the kernel. `in_rows`/`out_rows` None mean grouped order; `row_scale` is per grouped row.
+    """Launch the kernel. `in_rows`/`out_rows` None mean grouped order.
 
     With `transpose_weight`, `weight` `[E, N, K]` is applied as `[E, K, N]`: the input gradient of the forward.
     """
@@ -107,11 +107,10 @@ def scatter_mm(
         x, weight, y,
         in_rows if in_rows is not None else index.slot_rows,
         out_rows if out_rows is not None else index.slot_rows,
-        row_scale if row_scale is not None else x,
         plan.row_start, plan.row_end, plan.expert,
         plan.num_tiles, n, k,
         x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1),
-        IN_INDEXED=in_rows is not None, OUT_INDEXED=out_rows is not None, HAS_SCALE=row_scale is not None,
+        IN_INDEXED=in_rows is not None, OUT_INDEXED=out_rows is not None,
         EVEN_K=k % cfg["BLOCK_K"] == 0, **dot_options(x.dtype), **cfg,
     )  # fmt: skip
     return y
@@ -127,9 +126,9 @@ def input_rows(x: torch.Tensor, index: RoutingIndex, grouped: bool) -> torch.Ten
     return index.token_rows
 
 
-def weight_grad(x, dy, weight, index, x_rows, dy_rows, row_scale=None):
-    """`dW[e] = sum_r scale[r] * dy[dy_rows[r]]^T x[x_rows[r]]` over expert e's grouped rows."""
-    return grouped_dw(x, dy, weight.shape, weight.dtype, index, x_rows, dy_rows, row_scale)
+def weight_grad(x, dy, weight, index, x_rows, dy_rows):
+    """`dW[e] = sum_r dy[dy_rows[r]]^T x[x_rows[r]]` over expert e's grouped rows."""
+    return grouped_dw(x, dy, weight.shape, weight.dtype, index, x_rows, dy_rows)
 
 
 def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -137,7 +136,7 @@ def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
     top_k = dx_slots.shape[0] // num_tokens
     if top_k == 1:
         return dx_slots
-    return dx_slots.view(num_tokens, top_k, -1).sum(1, dtype=torch.float32).to(dx_slots.dtype)
+    return dx_slots.view(num_tokens, top_k, -1).sum(1)  # PyTorch sums 16-bit floats in float32
 
 
 class ScatteredMatmul(torch.autograd.Function):
