@@ -36,6 +36,36 @@ def main():
         step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+    print(category_table(prof))
+
+
+CATEGORIES = [  # first match wins
+    ("expert matmuls (ours)", ("_scatter_mm", "_grouped_dw")),
+    ("other expert kernels (ours)", ("_silu_glu", "_combine", "_gate_grad", "_grouped_output_grad")),
+    ("attention (SDPA)", ("sdpa", "fmha", "flash", "cudnn")),
+    ("cuBLAS matmuls (kv_proj, routers, lm_head)", ("nvjet", "gemm", "cutlass", "sm90_xmma")),
+    ("softmax / cross-entropy", ("SoftMax", "nll_loss", "log_softmax")),
+    ("routing (topk, sort, scans)", ("topk", "Sort", "sort", "scan", "Scan", "bitonic", "gatherTopK")),
+    ("copies and concatenation", ("copy", "Copy", "Cat", "Memcpy")),
+    ("elementwise and reductions (norms, rotary, residuals, ...)", ("elementwise", "reduce", "Reduce")),
+]
+
+
+def category_table(prof) -> str:
+    """CUDA time per category of kernel, from the kernel names."""
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_time_total <= 0:
+            continue
+        name = event.key
+        label = next((cat for cat, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        totals[label] = totals.get(label, 0.0) + event.self_device_time_total
+    total = sum(totals.values())
+    lines = ["| kernels | ms | share |", "|---|---|---|"]
+    for label, us in sorted(totals.items(), key=lambda item: -item[1]):
+        lines.append(f"| {label} | {us / 1e3:.1f} | {100 * us / total:.1f}% |")
+    lines.append(f"| total | {total / 1e3:.1f} | 100% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
