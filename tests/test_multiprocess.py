@@ -1,9 +1,11 @@
 """`accelerate launch` with 2 CPU processes (gloo) trains exactly like 1 process over the same global batch.
 
-The tiny pipeline (SFT, then DPO from its output) runs twice: 2 processes x 2 rows per device, and 1 process x 2 rows
-x 2 gradient-accumulation steps. Both see the same 4 rows per optimizer step in the same order (sequential
-sampler), micro-batches of the same shape (same padding), and per-micro-batch router losses: data-parallel
-averaging must then give the same losses and gradient norms, step by step, for both stages.
+The tiny recipes (SFT, then DPO from its output) run with 1 process x 2 rows x 2 gradient-accumulation steps, and
+with 2 processes x 2 rows: under DDP (the `pipeline` command, both stages in one launch) and, where DeepSpeed is
+installed, under ZeRO-3 (one launch per stage: accelerate takes one DeepSpeed config per process). Every run sees
+the same 4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same shape and
+per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and gradient
+norms, step by step, in both stages. Under ZeRO-3 DPO starts from the consolidated checkpoint SFT saved.
 """
 
 import json
@@ -16,12 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_2PROC = ROOT / "recipes/accelerate_configs/cpu_2proc.yaml"
+CONFIGS = ROOT / "recipes/accelerate_configs"
 STEPS = 3
-# On CPU, training arguments must say use_cpu: without it transformers sets up no process group under torchrun and
-# each process would train alone on the same rows.
-COMMON = ["pipeline", "recipes/tiny/pipeline.yaml", "--max_steps", str(STEPS), "--logging_steps", "1",
-          "--train_sampling_strategy", "sequential", "--per_device_train_batch_size", "2", "--use_cpu"]
+# On CPU the training arguments must say use_cpu: without it transformers sets up no process group under torchrun,
+# and each process would train alone on the same rows.
+TRAINING = ["--max_steps", str(STEPS), "--logging_steps", "1", "--train_sampling_strategy", "sequential",
+            "--per_device_train_batch_size", "2", "--use_cpu"]
 
 
 def free_port() -> int:
@@ -33,10 +35,16 @@ def free_port() -> int:
 
 def run(command: list[str], log: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
     with log.open("w") as out:
         done = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n" + log.read_text()[-4000:]
+
+
+def launch(config: str, *arguments: str) -> list[str]:
+    """`accelerate launch` of `python -m align ...` on 2 processes."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
+            "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "align", *arguments]
 
 
 def step_logs(stage_dir: Path) -> list[dict]:
@@ -46,22 +54,40 @@ def step_logs(stage_dir: Path) -> list[dict]:
     return [entry for entry in history if "loss" in entry]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process_with_accumulation(tmp_path):
-    two, one = tmp_path / "two", tmp_path / "one"
-    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
-         "--main_process_port", str(free_port()), "-m", "align", *COMMON,
-         "--gradient_accumulation_steps", "1", "--output_dir", str(two)], tmp_path / "two.log")
-    run([sys.executable, "-m", "align", *COMMON, "--gradient_accumulation_steps", "2", "--output_dir", str(one)],
-        tmp_path / "one.log")
-
+def assert_same_training(runs: Path, reference: Path) -> None:
     for stage in ("sft", "dpo"):
-        logs_two, logs_one = step_logs(two / stage), step_logs(one / stage)
-        assert len(logs_two) == len(logs_one) == STEPS, stage
-        for step, (a, b) in enumerate(zip(logs_two, logs_one), start=1):
-            assert a["epoch"] == pytest.approx(b["epoch"]), f"{stage} step {step}: a different global batch"
+        logs, expected = step_logs(runs / stage), step_logs(reference / stage)
+        assert len(logs) == len(expected) == STEPS, stage
+        for step, (got, want) in enumerate(zip(logs, expected), start=1):
+            assert got["epoch"] == pytest.approx(want["epoch"]), f"{stage} step {step}: a different global batch"
             for key in ("loss", "grad_norm", "aux_loss", "router_z_loss"):
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), f"{stage} step {step}: {key}"
-        # rank 0 alone writes the stage's results: one checkpoint, as from a single process
-        assert json.loads((two / stage / "metrics.json").read_text())["train"]["train_loss"] == pytest.approx(
-            json.loads((one / stage / "metrics.json").read_text())["train"]["train_loss"], rel=1e-4)
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), f"{stage} step {step}: {key}"
+        # rank 0 alone writes the stage's results, as a single process does
+        metrics = json.loads((runs / stage / "metrics.json").read_text())["train"]
+        assert metrics["train_loss"] == pytest.approx(
+            json.loads((reference / stage / "metrics.json").read_text())["train"]["train_loss"], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one_process")
+    run([sys.executable, "-m", "align", "pipeline", "recipes/tiny/pipeline.yaml", *TRAINING,
+         "--gradient_accumulation_steps", "2", "--output_dir", str(out)], out / "log")
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_accumulation(one_process, tmp_path):
+    run(launch("cpu_2proc.yaml", "pipeline", "recipes/tiny/pipeline.yaml", *TRAINING,
+               "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path)), tmp_path / "log")
+    assert_same_training(tmp_path, one_process)
+
+
+@pytest.mark.slow
+def test_zero3_two_processes_match_one_process_with_accumulation(one_process, tmp_path):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional (`make deepspeed`)")
+    for stage, start in (("sft", []), ("dpo", ["--model.name_or_path", str(tmp_path / "sft")])):
+        run(launch("deepspeed_zero3.yaml", stage, f"recipes/tiny/{stage}.yaml", *start, *TRAINING,
+                   "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / stage)),
+            tmp_path / f"{stage}.log")
+    assert_same_training(tmp_path, one_process)
