@@ -1,7 +1,8 @@
 """Per-expert weight gradient `dW[e] = sum_r dy[r]^T x[r]` over expert e's grouped rows.
 
 One program owns one `[BLOCK_N, BLOCK_K]` tile of one expert's gradient and walks that expert's rows, reading
-`x` and `dy` through the routing index (no gathered copies). Experts with no rows get zeros. The backward half of `scatter_matmul`; its autograd lives there.
+`x` and `dy` through the routing index (no gathered copies). Experts with no rows get zeros. The backward half
+of `scatter_matmul`; its autograd lives there.
 """
 
 import torch
