@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi-GPU check (issue 6), on one machine with NPROC (default 2) GPUs:
 #  1. the tiny pipeline (SFT, then DPO from its output; 3 steps each) on 1 GPU with NPROC accumulation steps, then
-#     under each accelerate config on NPROC GPUs with the same global batch and row order;
+#     under each accelerate config on NPROC GPUs with the same global batch and row order, one launch per stage
+#     (accelerate takes one DeepSpeed config per process, so `align pipeline` cannot run both under DeepSpeed);
 #  2. bench/multi_gpu_compare.py: step losses against the 1-GPU run, each final checkpoint loaded by stock
 #     transformers (JetMoeForCausalLM + AutoTokenizer) and generating;
 #  3. full-parameter SFT steps of the JetMoE-8B shape (random weights) under ZeRO-3 with gradient checkpointing:
@@ -18,8 +19,7 @@ PYTHON=${PYTHON:-python3}
 CONFIGS=("$@")
 [ ${#CONFIGS[@]} -gt 0 ] || CONFIGS=(multi_gpu deepspeed_zero2 deepspeed_zero3 fsdp)
 mkdir -p "$RUNS"
-COMMON=(pipeline recipes/tiny/pipeline.yaml --max_steps 3 --logging_steps 1 --train_sampling_strategy sequential
-        --per_device_train_batch_size 2)
+TRAINING=(--max_steps 3 --logging_steps 1 --train_sampling_strategy sequential --per_device_train_batch_size 2)
 PORT=29600
 
 # timed NAME SECONDS COMMAND...: run with a time limit, log to $RUNS/NAME.log, print exit status and duration.
@@ -38,11 +38,13 @@ launch() {  # launch NAME CONFIG SECONDS ARGS...: accelerate launch on NPROC GPU
     --num_processes "$NPROC" --main_process_port "$PORT" "$@"
 }
 
-timed reference "${TINY_TIMEOUT:-240}" env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m align "${COMMON[@]}" \
-  --gradient_accumulation_steps "$NPROC" --output_dir "$RUNS/reference"
+timed reference "${TINY_TIMEOUT:-240}" env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m align pipeline \
+  recipes/tiny/pipeline.yaml "${TRAINING[@]}" --gradient_accumulation_steps "$NPROC" --output_dir "$RUNS/reference"
 for config in "${CONFIGS[@]}"; do
-  launch "$config" "$config" "${TINY_TIMEOUT:-240}" -m align "${COMMON[@]}" --gradient_accumulation_steps 1 \
-    --output_dir "$RUNS/$config"
+  launch "$config-sft" "$config" "${TINY_TIMEOUT:-240}" -m align sft recipes/tiny/sft.yaml "${TRAINING[@]}" \
+    --gradient_accumulation_steps 1 --output_dir "$RUNS/$config/sft"
+  launch "$config-dpo" "$config" "${TINY_TIMEOUT:-240}" -m align dpo recipes/tiny/dpo.yaml "${TRAINING[@]}" \
+    --gradient_accumulation_steps 1 --model.name_or_path "$RUNS/$config/sft" --output_dir "$RUNS/$config/dpo"
 done
 "$PYTHON" bench/multi_gpu_compare.py "$RUNS" reference "${CONFIGS[@]}" 2>"$RUNS/compare.log" | tee "$RUNS/compare.md"
 
