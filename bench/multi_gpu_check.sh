@@ -13,6 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false  # the tiny runs need nothing from the hub
 NPROC=${NPROC:-2}
 RUNS=${RUNS:-runs/multi_gpu_check}
 PYTHON=${PYTHON:-python3}
@@ -38,14 +39,16 @@ launch() {  # launch NAME CONFIG SECONDS ARGS...: accelerate launch on NPROC GPU
     --num_processes "$NPROC" --main_process_port "$PORT" "$@"
 }
 
+# The 1-GPU reference runs alongside the first config: tiny models, and only their losses are compared.
 timed reference "${TINY_TIMEOUT:-240}" env CUDA_VISIBLE_DEVICES=0 "$PYTHON" -m align pipeline \
-  recipes/tiny/pipeline.yaml "${TRAINING[@]}" --gradient_accumulation_steps "$NPROC" --output_dir "$RUNS/reference"
+  recipes/tiny/pipeline.yaml "${TRAINING[@]}" --gradient_accumulation_steps "$NPROC" --output_dir "$RUNS/reference" &
 for config in "${CONFIGS[@]}"; do
   launch "$config-sft" "$config" "${TINY_TIMEOUT:-240}" -m align sft recipes/tiny/sft.yaml "${TRAINING[@]}" \
     --gradient_accumulation_steps 1 --output_dir "$RUNS/$config/sft"
   launch "$config-dpo" "$config" "${TINY_TIMEOUT:-240}" -m align dpo recipes/tiny/dpo.yaml "${TRAINING[@]}" \
     --gradient_accumulation_steps 1 --model.name_or_path "$RUNS/$config/sft" --output_dir "$RUNS/$config/dpo"
 done
+wait
 "$PYTHON" bench/multi_gpu_compare.py "$RUNS" reference "${CONFIGS[@]}" 2>"$RUNS/compare.log" | tee "$RUNS/compare.md"
 
 if [ "${SKIP_8B:-0}" != 1 ]; then
