@@ -12,8 +12,10 @@ from trl import DPOConfig
 from align.cli import main
 from align.dpo import dpo_trainer
 from align.lora.arguments import LoraArguments
+from align.lora.adapters import add_lora
 from align.lora.config import jetmoe_lora_config
-from align.recipes import load_recipe
+from align.lora.stage_support import lora_base_model
+from align.recipes import ModelArgs, load_recipe
 from align.tokenizer import load_tokenizer
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
@@ -70,3 +72,14 @@ def test_lora_dpo_reference_is_the_policy_with_adapters_disabled(tmp_path):
                           peft_config=jetmoe_lora_config(LoraArguments(r=2)))
     assert trainer.ref_model is None  # no second copy of the weights
     assert isinstance(trainer.model, PeftModel) and list(trainer.model.peft_config) == ["default"]
+
+
+def test_a_pretrained_base_is_named_as_it_is_and_not_copied(tmp_path):
+    tokenizer = load_tokenizer("recipes/tiny/tokenizer")
+    JetMoEForCausalLM(JetMoEConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                   num_key_value_heads=2, kv_channels=8, intermediate_size=32,
+                                   num_local_experts=4)).save_pretrained(tmp_path / "pretrained")
+    args = ModelArgs(name_or_path=str(tmp_path / "pretrained"), moe_backend="torch")
+    model = add_lora(lora_base_model(args, tokenizer, tmp_path / "out", seed=0), LoraArguments(r=2))
+    assert model.peft_config["default"].base_model_name_or_path == str(tmp_path / "pretrained")
+    assert not (tmp_path / "out" / "base").exists()
