@@ -4,13 +4,14 @@
 """
 
 import argparse
+import contextlib
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "bench")
-from bench_jetmoe import JETMOE_8B, build  # noqa: E402
+from bench_jetmoe import JETMOE_8B, build, fused_glue  # noqa: E402
 
 
 def main():
@@ -20,7 +21,13 @@ def main():
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--backend", default="triton")
     parser.add_argument("--rows", type=int, default=30)
+    parser.add_argument("--fused-glue", action="store_true", help="patch in kernels.rmsnorm / kernels.rotary")
     args = parser.parse_args()
+    with fused_glue() if args.fused_glue else contextlib.nullcontext():
+        profile_step(args)
+
+
+def profile_step(args):
     model = build(args.backend, JETMOE_8B, args.layers).train()
     ids = torch.randint(0, JETMOE_8B["vocab_size"], (args.batch, args.seq), device="cuda")
 
@@ -42,6 +49,7 @@ def main():
 CATEGORIES = [  # first match wins
     ("expert matmuls (ours)", ("_scatter_mm", "_grouped_dw")),
     ("other expert kernels (ours)", ("_silu_glu", "_combine", "_gate_grad", "_grouped_output_grad")),
+    ("fused RMSNorm / rotary (ours)", ("_rmsnorm", "_rotary")),
     ("attention (SDPA)", ("sdpa", "fmha", "flash", "cudnn")),
     ("cuBLAS matmuls (kv_proj, routers, lm_head)", ("nvjet", "gemm", "cutlass", "sm90_xmma")),
     ("softmax / cross-entropy", ("SoftMax", "nll_loss", "log_softmax")),
