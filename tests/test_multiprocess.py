@@ -2,10 +2,10 @@
 
 The tiny recipes (SFT, then DPO from its output) run with 1 process x 2 rows x 2 gradient-accumulation steps, and
 with 2 processes x 2 rows: under DDP (the `pipeline` command, both stages in one launch) and, where DeepSpeed is
-installed, under ZeRO-3 (one launch per stage: accelerate takes one DeepSpeed config per process). Every run sees
+installed, under ZeRO-2 and ZeRO-3 (one launch per stage: accelerate takes one DeepSpeed config per process). Every run sees
 the same 4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same shape and
 per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and gradient
-norms, step by step, in both stages. Under ZeRO-3 DPO starts from the consolidated checkpoint SFT saved.
+norms, step by step, in both stages. Under DeepSpeed DPO starts from the consolidated checkpoint SFT saved.
 """
 
 import json
@@ -84,10 +84,11 @@ def test_ddp_two_processes_match_one_process_with_accumulation(one_process, tmp_
 
 
 @pytest.mark.slow
-def test_zero3_two_processes_match_one_process_with_accumulation(one_process, tmp_path):
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_deepspeed_two_processes_match_one_process_with_accumulation(config, one_process, tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is optional (`make deepspeed`)")
     for stage, start in (("sft", []), ("dpo", ["--model.name_or_path", str(tmp_path / "sft")])):
-        run(launch("deepspeed_zero3.yaml", stage, f"recipes/tiny/{stage}.yaml", *start, *TRAINING,
+        run(launch(config, stage, f"recipes/tiny/{stage}.yaml", *start, *TRAINING,
                    "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / stage)),
             tmp_path / f"{stage}.log")
     assert_same_training(tmp_path, one_process)
