@@ -2,10 +2,11 @@
 
 The tiny recipes (SFT, then DPO from its output) run with 1 process x 2 rows x 2 gradient-accumulation steps, and
 with 2 processes x 2 rows: under DDP (the `pipeline` command, both stages in one launch) and, where DeepSpeed is
-installed, under ZeRO-2 and ZeRO-3 (one launch per stage: accelerate takes one DeepSpeed config per process). Every run sees
-the same 4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same shape and
-per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and gradient
-norms, step by step, in both stages. Under DeepSpeed DPO starts from the consolidated checkpoint SFT saved.
+installed, under ZeRO-2 and ZeRO-3 (one launch per stage: accelerate takes one DeepSpeed config per process).
+Every run sees the same 4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same
+shape and per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and
+gradient norms, step by step, in both stages. Under DeepSpeed DPO starts from the consolidated checkpoint SFT
+saved.
 """
 
 import json
