@@ -35,8 +35,8 @@ launch() {  # launch NAME CONFIG SECONDS ARGS...: accelerate launch on NPROC GPU
   local name=$1 config=$2 limit=$3
   shift 3
   PORT=$((PORT + 1))
-  timed "$name" "$limit" "$PYTHON" -m accelerate.commands.launch --config_file "recipes/accelerate_configs/$config.yaml" \
-    --num_processes "$NPROC" --main_process_port "$PORT" "$@"
+  timed "$name" "$limit" "$PYTHON" -m accelerate.commands.launch \
+    --config_file "recipes/accelerate_configs/$config.yaml" --num_processes "$NPROC" --main_process_port "$PORT" "$@"
 }
 
 # The 1-GPU reference runs alongside the first config: tiny models, and only their losses are compared.
@@ -53,6 +53,7 @@ wait
 
 if [ "${SKIP_8B:-0}" != 1 ]; then
   # shellcheck disable=SC2086  # B8_ARGS is a list of arguments
-  launch jetmoe8b deepspeed_zero3 "${B8_TIMEOUT:-420}" bench/jetmoe8b_zero3_sft.py --out "$RUNS/jetmoe8b.json" ${B8_ARGS:-}
+  launch jetmoe8b deepspeed_zero3 "${B8_TIMEOUT:-420}" bench/jetmoe8b_zero3_sft.py --out "$RUNS/jetmoe8b.json" \
+    ${B8_ARGS:-}
   cat "$RUNS/jetmoe8b.json" 2>/dev/null || tail -n 30 "$RUNS/jetmoe8b.log"
 fi

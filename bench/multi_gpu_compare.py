@@ -31,7 +31,8 @@ def stock_load(stage_dir: Path) -> str:
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}],
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
-    return f"loads, {model.num_parameters() / 1e6:.2f}M params, generates {out.shape[1] - prompt['input_ids'].shape[1]} tokens"
+    new_tokens = out.shape[1] - prompt["input_ids"].shape[1]
+    return f"loads, {model.num_parameters() / 1e6:.2f}M params, generates {new_tokens} tokens"
 
 
 def _show(losses: list[float]) -> str:
@@ -39,7 +40,8 @@ def _show(losses: list[float]) -> str:
 
 
 def main(runs: Path, reference: str, configs: list[str]) -> None:
-    print("| config | stage | step losses (1-GPU reference) | step losses (2 GPUs) | max rel. diff | stock transformers load |")
+    print("| config | stage | step losses (1-GPU reference) | step losses (2 GPUs) | max rel. diff "
+          "| stock transformers load |")
     print("|---|---|---|---|---|---|")
     for name in configs:
         for stage in ("sft", "dpo"):

@@ -43,7 +43,8 @@ def worker(out: Path) -> None:
         base.save_pretrained(out / "base")
     dist.barrier()
 
-    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1, "zero_allow_untested_optimizer": True,
+    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+              "zero_allow_untested_optimizer": True,
               "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
                                     "stage3_gather_16bit_weights_on_model_save": True}}
     zero3 = HfDeepSpeedConfig(config)  # while alive, transformers builds models sharded (zero.Init)
