@@ -1,0 +1,50 @@
+"""JetMoE-8B-Chat's chat format (Zephyr style), with the markers TRL needs to train on assistant tokens only.
+
+    <s><|system|>\\n{system}</s>\\n<|user|>\\n{question}</s>\\n<|assistant|>\\n{answer}</s>\\n
+
+Every turn is closed by the tokenizer's eos token, so a chat model learns to stop after its answer. The bos token
+opens the conversation because TRL tokenizes through the template without adding special tokens, and base models
+were pretrained with bos at the start of each document. The assistant's answer and its eos sit inside
+`{% generation %}` … `{% endgeneration %}`: `apply_chat_template(..., return_assistant_tokens_mask=True)` (what
+TRL's `assistant_only_loss=True` uses) marks exactly those tokens.
+"""
+
+ZEPHYR_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role'] + ': expected system, user or assistant') }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ message['content'] + eos_token }}"
+    "{% endif %}"
+    "{{ '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+TEMPLATES = {"zephyr": ZEPHYR_TEMPLATE}
+
+
+def resolve_chat_template(name_or_template: str) -> str:
+    """A template by name ("zephyr"), or a literal Jinja template (anything containing `{%`)."""
+    if "{%" in name_or_template:
+        return name_or_template
+    if name_or_template not in TEMPLATES:
+        raise ValueError(f"unknown chat template {name_or_template!r}: expected one of {sorted(TEMPLATES)} or Jinja")
+    return TEMPLATES[name_or_template]
+
+
+def set_chat_template(tokenizer, name_or_template: str = "zephyr"):
+    """Put the template on `tokenizer` (saved with it into `tokenizer_config.json`/`chat_template.jinja`)."""
+    tokenizer.chat_template = resolve_chat_template(name_or_template)
+    if tokenizer.eos_token is None:
+        raise ValueError("the chat template closes turns with eos_token, but the tokenizer has none")
+    if tokenizer.pad_token is None:
+        # Llama's tokenizer (jetmoe/jetmoe-8b) has no pad token; padding is masked out, so any id would do, but
+        # eos keeps the vocabulary unchanged.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

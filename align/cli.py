@@ -1,0 +1,103 @@
+"""`python -m align COMMAND ...` (also installed as `jetmoe-align`).
+
+    sft RECIPE.yaml [--key value ...] [--resume]        one stage (TRL field names: --output_dir X --max_steps 3;
+    dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32)
+    pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
+    init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
+    build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
+    generate MODEL_DIR QUESTION                         answer with a saved chat model (stock transformers)
+    export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
+
+Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from jetmoe_model import JetMoECheckpointError, JetMoEInputError
+
+from .data import DataError
+from .export import ExportError
+from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides
+from .stage import ResumeError
+
+USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, JetMoECheckpointError, JetMoEInputError, OSError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m align", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("sft", "dpo", "pipeline"):
+        command = commands.add_parser(name, help=f"run {name} from a recipe; extra --key value pairs override it")
+        command.add_argument("recipe")
+        command.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    init = commands.add_parser("init-tiny", help="save the random-init base model and tokenizer of a recipe")
+    init.add_argument("out_dir")
+    init.add_argument("--recipe", default="recipes/tiny/sft.yaml")
+    tokenizer = commands.add_parser("build-tokenizer", help="train the tiny byte-level BPE tokenizer")
+    tokenizer.add_argument("out_dir")
+    tokenizer.add_argument("--samples", default="data/samples")
+    tokenizer.add_argument("--vocab_size", type=int, default=1024)
+    generate = commands.add_parser("generate", help="answer a question with a saved chat model")
+    generate.add_argument("model_dir")
+    generate.add_argument("question")
+    generate.add_argument("--max_new_tokens", type=int, default=64)
+    export = commands.add_parser("export", help="merge a LoRA adapter into its base, with the tokenizer")
+    export.add_argument("adapter_dir")
+    export.add_argument("out_dir")
+    return parser
+
+
+def _run(args, overrides: dict) -> None:
+    if args.command in ("sft", "dpo"):
+        from .dpo import run_dpo
+        from .sft import run_sft
+
+        run = {"sft": run_sft, "dpo": run_dpo}[args.command]
+        output_dir = run(load_recipe(args.recipe, args.command, overrides), resume=args.resume)
+        print(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json)")
+    elif args.command == "pipeline":
+        from .pipeline import run_pipeline, summary
+
+        print(summary(*run_pipeline(*load_pipeline(args.recipe, overrides), resume=args.resume)))
+    elif args.command == "init-tiny":
+        from .model_loading import build_model
+        from .tokenizer import load_tokenizer
+
+        recipe = load_recipe(args.recipe, "sft", overrides)
+        tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
+        build_model(recipe.model, tokenizer, seed=recipe.training.seed).save_pretrained(args.out_dir)
+        tokenizer.save_pretrained(args.out_dir)
+        print(f"base model and tokenizer: {args.out_dir}/")
+    elif args.command == "build-tokenizer":
+        from .tokenizer import build_tokenizer, corpus_from_files
+
+        samples = Path(args.samples)
+        if not samples.is_dir():
+            raise RecipeError(f"{samples}: no such directory of sample data")
+        build_tokenizer(corpus_from_files(samples.rglob("*.json*")), args.vocab_size).save_pretrained(args.out_dir)
+        print(f"tokenizer: {args.out_dir}/")
+    elif args.command == "generate":
+        from .generate import generate
+
+        print(generate(args.model_dir, args.question, args.max_new_tokens))
+    elif args.command == "export":
+        from .export import export_merged
+
+        print(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if extra and args.command not in ("sft", "dpo", "pipeline", "init-tiny"):
+            raise RecipeError(f"command line: unexpected arguments {' '.join(extra)}")
+        _run(args, parse_overrides(extra))
+    except USER_ERRORS as error:
+        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,33 @@
+"""SFT, then DPO from the SFT output: the way JetMoE-8B-Chat was made, in one command."""
+
+import json
+import logging
+from pathlib import Path
+
+from .dpo import run_dpo
+from .recipes import Recipe
+from .sft import run_sft
+
+logger = logging.getLogger(__name__)
+
+
+def run_pipeline(sft: Recipe, dpo: Recipe, resume: bool = False) -> tuple[Path, Path]:
+    """With `resume`, each stage continues from its last checkpoint when it has one (a finished stage then only
+    re-saves), so an interrupted pipeline picks up where it stopped."""
+    sft_dir = run_sft(sft, resume=resume, require_checkpoint=False)
+    dpo_dir = run_dpo(dpo, resume=resume, require_checkpoint=False)
+    return sft_dir, dpo_dir
+
+
+def summary(sft_dir: Path, dpo_dir: Path) -> str:
+    """Where the results are, with the headline metrics of each stage."""
+    lines = ["", "Results:"]
+    for name, directory, keys in (("SFT", sft_dir, ("train_loss", "eval_loss")),
+                                  ("DPO", dpo_dir, ("train_loss", "eval_rewards/accuracies", "eval_rewards/margins"))):
+        metrics = json.loads((directory / "metrics.json").read_text())
+        flat = {**metrics.get("train", {}), **metrics.get("eval", {})}
+        shown = ", ".join(f"{key} {flat[key]:.4g}" for key in keys if key in flat)
+        lines.append(f"  {name}: {directory}/  ({shown}; metrics.json, run.json)")
+    lines.append(f"  Chat model (loads with transformers' JetMoeForCausalLM + AutoTokenizer): {dpo_dir}/")
+    lines.append(f"  Try it: python -m align generate {dpo_dir} \"What is 2 plus 3?\"")
+    return "\n".join(lines)

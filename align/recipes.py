@@ -1,0 +1,283 @@
+"""Recipes: YAML files read into typed dataclasses, with `--key value` overrides from the command line.
+
+A stage recipe has four sections:
+
+    model:      ModelArgs     (what to train: a checkpoint, or a random init from config fields)
+    tokenizer:  TokenizerArgs (defaults to the model's tokenizer; the chat template to set on it)
+    data:       align.data.DataMixture (the sources to mix)
+    training:   trl.SFTConfig or trl.DPOConfig fields, under TRL's own names
+    lora:       align.lora.arguments.LoraArguments (optional: when present, the stage trains LoRA adapters)
+
+Overrides use TRL's names for training fields (`--output_dir X --max_steps 3`) and `section.field` for the
+others (`--model.moe_backend torch`, `--data.seed 1`). Unknown keys, in a file or on the command line, are errors
+that name the key and the file. YAML scalars are converted to the field's type, so `learning_rate: 2e-5` (a string
+to YAML) still reads as a float.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .data import DataMixture, DataSource
+from .lora.arguments import LoraArguments
+
+STAGES = ("sft", "dpo")
+SECTIONS = ("model", "tokenizer", "data", "training", "lora")
+
+
+class RecipeError(ValueError):
+    """A recipe cannot be used as written; the message names the file and the key."""
+
+
+@dataclass
+class ModelArgs:
+    """`init: pretrained` loads `name_or_path` (hub id or local directory); `init: random` builds a fresh model from
+    `config` (JetMoEConfig fields) on top of `name_or_path`'s config.json when given, seeded by `training.seed`."""
+
+    name_or_path: str | None = None
+    init: Literal["pretrained", "random"] = "pretrained"
+    config: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "auto"
+    attn_implementation: str | None = "sdpa"
+    moe_backend: Literal["auto", "torch", "triton"] = "auto"
+
+
+@dataclass
+class TokenizerArgs:
+    name_or_path: str | None = None  # None: the model's
+    chat_template: str = "zephyr"  # a name from align.chat_template, or a Jinja template
+
+
+@dataclass
+class Recipe:
+    stage: str
+    path: str
+    model: ModelArgs
+    tokenizer: TokenizerArgs
+    data: DataMixture
+    training: Any  # trl.SFTConfig | trl.DPOConfig
+    lora: LoraArguments | None = None
+
+    @property
+    def tokenizer_name_or_path(self) -> str:
+        return self.tokenizer.name_or_path or self.model.name_or_path
+
+    def as_dict(self) -> dict:
+        """The resolved recipe, as run.json records it."""
+        return {
+            "stage": self.stage,
+            "path": self.path,
+            "model": dataclasses.asdict(self.model),
+            "tokenizer": dataclasses.asdict(self.tokenizer),
+            "data": dataclasses.asdict(self.data),
+            "training": self.training.to_dict(),
+            "lora": dataclasses.asdict(self.lora) if self.lora else None,
+        }
+
+
+@dataclass
+class PipelineRecipe:
+    """SFT, then DPO from the SFT output. Stage recipes are paths relative to this file; their outputs go to
+    `{output_dir}/sft` and `{output_dir}/dpo`."""
+
+    sft: str
+    dpo: str
+    output_dir: str
+
+
+def training_config_class(stage: str):
+    from trl import DPOConfig, SFTConfig
+
+    return {"sft": SFTConfig, "dpo": DPOConfig}[stage]
+
+
+# --- reading values ------------------------------------------------------------------------------------------------
+
+
+def _type_options(annotation) -> tuple:
+    """The plain types a field accepts: `int | None` -> (int, NoneType); `Literal["a"]` -> ("a",)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(option for arg in typing.get_args(annotation) for option in _type_options(arg))
+    if origin is Literal:
+        return typing.get_args(annotation)
+    return (origin or annotation,)
+
+
+def _convert(value, annotation, where: str):
+    """`value` (from YAML, or a command-line string read as YAML) as the field's type."""
+    options = _type_options(annotation)
+    if value is None and (type(None) in options or Any in options):
+        return None
+    literals = [option for option in options if not isinstance(option, type) and option is not Any]
+    if literals and value in literals:
+        return value
+    if Any in options:
+        return value
+    if isinstance(value, bool):
+        if bool in options:
+            return value
+    elif isinstance(value, (int, float, str)):
+        if int in options and isinstance(value, int):
+            return value
+        if float in options:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if isinstance(value, list) and list in options or isinstance(value, dict) and dict in options:
+        return value
+    if str in options or any(isinstance(option, type) and issubclass(option, str) for option in options):
+        return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    expected = " or ".join(repr(o) if not isinstance(o, type) else o.__name__ for o in options)
+    raise RecipeError(f"{where}: {value!r} is not a valid value (expected {expected})")
+
+
+def _build(cls, mapping, where: str):
+    """`cls(**mapping)`, rejecting unknown keys by name and converting each value to its field's type."""
+    if not isinstance(mapping, dict):
+        raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(mapping).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key '{unknown[0]}' (not a {cls.__name__} field)")
+    kwargs = {}
+    for key, value in mapping.items():
+        annotation = hints[key]
+        if typing.get_origin(annotation) is list and typing.get_args(annotation) == (DataSource,):
+            if not isinstance(value, list):
+                raise RecipeError(f"{where}.{key}: expected a list of data sources")
+            kwargs[key] = [_build(DataSource, item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
+        else:
+            kwargs[key] = _convert(value, annotation, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"{where}: {error}") from None
+
+
+# --- files and overrides -------------------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(content, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections at the top level")
+    return content
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`["--max_steps", "3", "--model.dtype", "float32", "--bf16"]` -> {"max_steps": 3, "model.dtype": "float32",
+    "bf16": True}. Values are read as YAML scalars; a flag with no value means true."""
+    overrides, i = {}, 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise RecipeError(f"command line: expected --key value, got {token!r}")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value, i = argv[i + 1], i + 1
+            else:
+                value = "true"
+        overrides[key.replace("-", "_")] = yaml.safe_load(value) if value.strip() else value
+        i += 1
+    return overrides
+
+
+def _section_and_name(key: str) -> tuple[str, str]:
+    section, dot, name = key.partition(".")
+    return (section, name) if dot else ("training", key)
+
+
+def _apply_overrides(sections: dict, overrides: dict, path: str) -> None:
+    """Write each `--key value` into its section; `model.config.hidden_size` reaches into mapping fields."""
+    for key, value in overrides.items():
+        section, name = _section_and_name(key)
+        if section not in SECTIONS:
+            raise RecipeError(f"command line: unknown section in '--{key}' for {path} (sections are {SECTIONS})")
+        target = sections.setdefault(section, {}) or {}
+        sections[section] = target
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise RecipeError(f"command line: '--{key}' for {path}: {parent} is not a mapping")
+        target[leaf] = value
+
+
+def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> Recipe:
+    """Read a stage recipe, apply command-line overrides, and check every key and value."""
+    path = str(path)
+    sections = read_yaml(path)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise RecipeError(f"{path}: unknown key '{unknown[0]}' (sections are {', '.join(SECTIONS)})")
+    config_class = training_config_class(stage)
+    _apply_overrides(sections, overrides or {}, path)
+    if not sections.get("data"):
+        raise RecipeError(f"{path}: a recipe needs a data section")
+    recipe = Recipe(
+        stage=stage,
+        path=path,
+        model=_build(ModelArgs, sections.get("model") or {}, f"{path}: model"),
+        tokenizer=_build(TokenizerArgs, sections.get("tokenizer") or {}, f"{path}: tokenizer"),
+        data=_build(DataMixture, sections["data"], f"{path}: data"),
+        training=_build(config_class, sections.get("training") or {}, f"{path}: training"),
+        lora=_build(LoraArguments, sections["lora"] or {}, f"{path}: lora") if "lora" in sections else None,
+    )
+    if recipe.model.init == "pretrained" and not recipe.model.name_or_path:
+        raise RecipeError(f"{path}: model.name_or_path is required unless model.init is random")
+    if not recipe.tokenizer_name_or_path:
+        raise RecipeError(f"{path}: tokenizer.name_or_path is required when the model has no name_or_path")
+    return recipe
+
+
+def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Recipe, Recipe]:
+    """The SFT and DPO recipes of a pipeline, DPO starting from the SFT output.
+
+    `--output_dir` moves the whole pipeline; `--sft.KEY v` / `--dpo.KEY v` reach one stage; any other `--KEY v`
+    goes to every stage that has that key (`--max_steps 3` to both, `--beta 0.1` to DPO)."""
+    path = Path(path)
+    pipeline = _build(PipelineRecipe, read_yaml(path), str(path))
+    overrides = dict(overrides or {})
+    output_dir = overrides.pop("output_dir", pipeline.output_dir)
+    per_stage = {stage: {} for stage in STAGES}
+    for key, value in overrides.items():
+        stage, dot, rest = key.partition(".")
+        if dot and stage in STAGES:
+            per_stage[stage][rest] = value
+            continue
+        targets = [s for s in STAGES if _stage_has_key(s, key)]
+        if not targets:
+            raise RecipeError(f"command line: unknown key '--{key}' for {path}")
+        for stage in targets:
+            per_stage[stage][key] = value
+    recipes = []
+    for stage in STAGES:
+        stage_overrides = {"output_dir": str(Path(output_dir) / stage), **per_stage[stage]}
+        if stage == "dpo":
+            stage_overrides.update({"model.name_or_path": recipes[0].training.output_dir, "model.init": "pretrained"})
+        recipes.append(load_recipe(path.parent / getattr(pipeline, stage), stage, stage_overrides))
+    return recipes[0], recipes[1]
+
+
+def _stage_has_key(stage: str, key: str) -> bool:
+    section, name = _section_and_name(key)
+    classes = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataMixture, "lora": LoraArguments}
+    cls = training_config_class(stage) if section == "training" else classes.get(section)
+    return cls is not None and name.split(".")[0] in {f.name for f in dataclasses.fields(cls)}

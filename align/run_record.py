@@ -1,0 +1,57 @@
+"""What a stage leaves next to its checkpoint: `metrics.json` (final train/eval metrics) and `run.json` (how the
+run was made: the resolved recipe, data counts, package versions, git commit), so any output can be traced back."""
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("jetmoe-align", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers",
+            "deepspeed", "triton")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
+    """The commit the code ran from, and whether the tree had uncommitted changes (None outside a git checkout)."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+
+
+def run_record(recipe, data_report, resumed_from: str | None, started: float) -> dict:
+    return {
+        "stage": recipe.stage,
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "resumed_from": resumed_from,
+        "recipe": recipe.as_dict(),
+        "data": data_report.as_dict(),
+        "versions": package_versions(),
+        "git": git_state(),
+    }

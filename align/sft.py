@@ -1,0 +1,21 @@
+"""The dSFT stage: TRL's `SFTTrainer` on conversational data, loss on assistant tokens only (the recipe's
+`assistant_only_loss`, on by default in ours), with JetMoE's router losses added."""
+
+from trl import SFTTrainer
+
+from .recipes import Recipe
+from .router_loss import RouterLossMixin
+from .stage import run_stage
+
+
+class JetMoESFTTrainer(RouterLossMixin, SFTTrainer):
+    """`SFTTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
+
+
+def sft_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_config=None) -> JetMoESFTTrainer:
+    return JetMoESFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                            processing_class=tokenizer, peft_config=peft_config)
+
+
+def run_sft(recipe: Recipe, resume: bool = False, require_checkpoint: bool = True):
+    return run_stage(recipe, sft_trainer, resume, require_checkpoint)

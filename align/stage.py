@@ -1,0 +1,75 @@
+"""One training stage, whichever the trainer: load tokenizer, model and data; train (or resume); save the checkpoint
+with its tokenizer; write metrics.json and run.json. `sft.py` and `dpo.py` only say how to build their trainer."""
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import load_mixture
+from .distributed import prepare_for_sharding
+from .lora.config import jetmoe_lora_config
+from .lora.stage_support import lora_base_model, stock_loadable
+from .model_loading import build_model
+from .recipes import Recipe
+from .run_record import run_record, write_json
+from .tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+# (training args, model, tokenizer, train dataset, eval dataset or None) -> a transformers Trainer
+TrainerFactory = Callable
+
+
+class ResumeError(ValueError):
+    pass
+
+
+def checkpoint_to_resume(output_dir: str, required: bool = True) -> str | None:
+    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if last is None and required:
+        raise ResumeError(f"--resume: no checkpoint-* directory in {output_dir} to resume from")
+    return last
+
+
+def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False,
+              require_checkpoint: bool = True) -> Path:
+    """`resume` continues from the last `checkpoint-*` in the output dir (an error if there is none, unless
+    `require_checkpoint` is off: then the stage starts afresh)."""
+    started = time.time()
+    args = recipe.training
+    output_dir = Path(args.output_dir)
+    resume_from = checkpoint_to_resume(args.output_dir, require_checkpoint) if resume else None
+    set_seed(args.seed)
+
+    tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
+    if recipe.lora:  # adapters go on a checkpoint they can name (saved to {output_dir}/base when in memory only)
+        model = lora_base_model(recipe.model, tokenizer, args.output_dir, args.seed)
+    else:
+        model = build_model(recipe.model, tokenizer, seed=args.seed)
+    logger.info("%s: model %s (%s, %.1fM parameters)", recipe.stage, recipe.model.name_or_path or "random init",
+                recipe.model.init, model.num_parameters() / 1e6)
+    splits, data_report = load_mixture(recipe.data, tokenizer)
+    eval_dataset = splits["test"] if len(splits["test"]) else None
+
+    peft_config = jetmoe_lora_config(recipe.lora) if recipe.lora else None
+    prepare_for_sharding(model)  # before the trainer: DPO's reference copy is wrapped in its constructor
+    trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
+    if peft_config:
+        stock_loadable(trainer.model)
+    if resume_from:
+        logger.info("%s: resuming from %s", recipe.stage, resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model(str(output_dir))  # safetensors + config + generation config + tokenizer with chat template
+    metrics = {"train": result.metrics}
+    if eval_dataset is not None:
+        metrics["eval"] = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        write_json(output_dir / "metrics.json", metrics)
+        write_json(output_dir / "run.json", run_record(recipe, data_report, resume_from, started))
+        logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json)", recipe.stage, output_dir)
+    trainer.accelerator.wait_for_everyone()  # other ranks read these files next (DPO's start, the summary)
+    return output_dir
