@@ -8,6 +8,7 @@ from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoTokenizer, JetMoeForCausalLM
 from trl import DPOConfig
+from trl.trainer.utils import use_adapter
 
 from align.cli import main
 from align.dpo import dpo_trainer
@@ -68,10 +69,20 @@ def test_lora_dpo_reference_is_the_policy_with_adapters_disabled(tmp_path):
             "rejected": [{"role": "assistant", "content": "No."}]}
     args = DPOConfig(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2, max_steps=1,
                      bf16=False)
+    ids = torch.randint(0, len(tokenizer), (1, 6), generator=torch.Generator().manual_seed(0))
+    base_logits = model.eval()(ids).logits.detach()
     trainer = dpo_trainer(args, model, tokenizer, Dataset.from_list([pair] * 2),
                           peft_config=jetmoe_lora_config(LoraArguments(r=2)))
     assert trainer.ref_model is None  # no second copy of the weights
-    assert isinstance(trainer.model, PeftModel) and list(trainer.model.peft_config) == ["default"]
+    policy = trainer.model.eval()
+    assert isinstance(policy, PeftModel) and list(policy.peft_config) == ["default"]
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # a trained adapter, so policy and reference differ
+        with use_adapter(policy, adapter_name=None):  # how TRL's DPO computes the reference
+            torch.testing.assert_close(policy(ids).logits, base_logits, atol=1e-6, rtol=0)
+        assert (policy(ids).logits - base_logits).abs().max() > 1e-3
 
 
 def test_a_pretrained_base_is_named_as_it_is_and_not_copied(tmp_path):
