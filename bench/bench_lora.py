@@ -1,8 +1,11 @@
 """LoRA forward+backward tokens/s and peak memory at the JetMoE-8B shape: ours vs transformers + PEFT, one process.
 
-Both sides train r=16 (alpha 32) on `kv_proj` and the four expert weights of every layer, bf16, random weights, no
-optimizer step (forward+backward only). Ours: `align.lora` (routed expert LoRA, Triton expert kernels). Theirs:
-transformers' `JetMoeForCausalLM` with stock PEFT (`target_modules=["kv_proj"]` + `target_parameters`).
+Both sides train r=16 (alpha 32) on `kv_proj` and the four expert weights of every layer, bf16, random weights.
+Ours: `align.lora` (routed expert LoRA on the Triton expert kernels). Theirs: transformers' `JetMoeForCausalLM`
+with stock PEFT (`target_modules=["kv_proj"]` + `target_parameters`). A step is
+`model(ids, labels=ids).loss.backward()` (no optimizer step, gradients set to None between steps); tokens/s is of
+the median of `--steps` steps after `--warmup`; peak = `torch.cuda.max_memory_allocated()`. Each model is built on
+the GPU, measured and freed before the next.
 
     PYTHONPATH=. python bench/bench_lora.py                      # 24 layers, batch 4 x 2048
     PYTHONPATH=. python bench/bench_lora.py --layers 4 --batch 1 # smaller
@@ -11,6 +14,7 @@ transformers' `JetMoeForCausalLM` with stock PEFT (`target_modules=["kv_proj"]` 
 import argparse
 import gc
 import json
+import statistics
 import time
 
 import torch
@@ -41,7 +45,7 @@ def transformers_peft(shape: dict, rank: int, backend: str):
 
 
 def measure(build, shape: dict, args) -> dict:
-    """Tokens/s over `args.steps` forward+backward steps after `args.warmup`, and the peak memory of all of it."""
+    """Tokens/s of the median of `args.steps` forward+backward steps after `args.warmup`, and the peak memory."""
     device = torch.device(args.device)
     gc.collect()
     if device.type == "cuda":
@@ -59,12 +63,14 @@ def measure(build, shape: dict, args) -> dict:
 
     for _ in range(args.warmup):
         step()
-    synchronize(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(args.steps):
+        synchronize(device)
+        start = time.perf_counter()
         step()
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / args.steps
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     del model
