@@ -1,15 +1,37 @@
 """Shared set-up of the kernel tests: Triton's interpreter on CPU-only machines, routings, tolerances.
 
-Imported by every `test_kernels_*.py` before anything imports Triton's kernels: `TRITON_INTERPRET` is read when a
-kernel is decorated, so it must be set first. Only set where no GPU exists, so a GPU run tests the real kernels.
+Imported first by every Triton test module. Triton reads `TRITON_INTERPRET` when a function is decorated with
+`@triton.jit`, its own standard library included, and in a full `pytest` run Triton is already imported by then
+(`torch._dynamo` imports it, and transformers imports that). So on a machine without a GPU we set the variable and,
+if Triton was loaded without it, load Triton's Python modules (and our kernel modules) afresh so that they are
+decorated for the interpreter. With a GPU nothing changes and the tests run the compiled kernels.
 """
 
 import os
+import sys
 
 import torch
 
+
+def _use_triton_interpreter() -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    language = sys.modules.get("triton.language")
+    if language is None:
+        return  # Triton not loaded yet: it will read the variable when it is
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(language.cdiv, InterpretedFunction):
+        return
+    stale = [name for name in sys.modules if name == "triton" or name.startswith("triton.")]
+    stale = [name for name in stale if not name.startswith("triton._C")]  # the compiled extension stays
+    stale += [name for name, module in sys.modules.items() if name.startswith("kernels.") and hasattr(module, "tl")]
+    stale.append("kernels.triton_backend")
+    for name in stale:
+        sys.modules.pop(name, None)
+
+
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    _use_triton_interpreter()
 
 import kernels  # noqa: E402
 
