@@ -115,7 +115,7 @@ class ScatteredMatmulCombine(torch.autograd.Function):
         gates = gates.contiguous()
         in_rows = input_rows(x, index, grouped_in)
         y = scatter_mm(x, weight, index, in_rows, index.slot_rows, index.slot_rows.shape[0])
-        ctx.save_for_backward(x, weight, gates, y)
+        ctx.save_for_backward(x, weight, gates, y if ctx.needs_input_grad[2] else None)  # y only feeds dgates
         ctx.index, ctx.in_rows = index, in_rows
         return combine_forward(y, gates)
 

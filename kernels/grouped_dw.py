@@ -59,7 +59,7 @@ GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
 
 
-def _config(n: int, k: int) -> dict:
+def _config() -> dict:
     return dict(INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
 
 
@@ -75,7 +75,7 @@ def grouped_dw(
     """`[E, N, K]` gradient; `x_rows`/`dy_rows` None mean the tensor is already in grouped order."""
     num_experts, n, k = weight_shape
     dw = torch.empty(weight_shape, device=x.device, dtype=weight_dtype)
-    cfg = _config(n, k)
+    cfg = _config()
     grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), num_experts)
     unused = index.slot_rows
     _grouped_dw_kernel[grid](

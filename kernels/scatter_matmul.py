@@ -72,7 +72,7 @@ GPU_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, 
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
 
 
-def _config(n: int, k: int) -> dict:
+def _config() -> dict:
     return dict(INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
 
 
@@ -100,7 +100,7 @@ def scatter_mm(
     y = torch.empty(num_out_rows, n, device=x.device, dtype=x.dtype)
     if out_rows is not None and num_out_rows > index.slot_rows.shape[0]:
         raise ValueError("scattered outputs cannot hold more rows than routed slots")
-    cfg = _config(n, k)
+    cfg = _config()
     plan = index.tiles(cfg["BLOCK_M"])
     grid = (plan.num_tiles * triton.cdiv(n, cfg["BLOCK_N"]),)
     _scatter_mm_kernel[grid](

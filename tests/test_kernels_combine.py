@@ -37,3 +37,14 @@ def test_scattered_matmul_combine(dtype, routing_kind, grouped_in):
     inputs = (x, weight, gates)
     for name, got, want in zip(("dx", "dW", "dgates"), grads(ours, inputs), grads(ref, inputs)):
         assert_close(got, want, dtype, name)
+
+
+def test_scattered_matmul_combine_with_frozen_gates():
+    """Gates without gradient (a frozen router): y is not kept, dx and dW still match."""
+    routing, _ = make_routing("random", T, E, 2, torch.float32, grad=False)
+    x = randn(T * 2, 20, dtype=torch.float32, seed=5)
+    weight = randn(E, 24, 20, dtype=torch.float32, seed=6)
+    ours = scattered_matmul_combine(x, weight, routing.gates, routing_index(routing))
+    ref = scattered_experts_reference(x, weight, routing, gates=routing.gates)
+    for name, got, want in zip(("dx", "dW"), grads(ours, (x, weight)), grads(ref, (x, weight))):
+        assert_close(got, want, torch.float32, name)
