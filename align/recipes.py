@@ -109,9 +109,18 @@ def _type_options(annotation) -> tuple:
     return (origin or annotation,)
 
 
+class CommandLineValue(str):
+    """A value typed on the command line: kept verbatim for text fields (`--eval_strategy no` stays "no"), read
+    as YAML for the others (`--max_steps 3`, `--bf16 false`, `--data.sources "[{path: x}]"`)."""
+
+
 def _convert(value, annotation, where: str):
-    """`value` (from YAML, or a command-line string read as YAML) as the field's type."""
+    """`value` (from YAML, or from the command line) as the field's type."""
     options = _type_options(annotation)
+    if isinstance(value, CommandLineValue):
+        if any(isinstance(option, type) and issubclass(option, str) for option in options):
+            return str(value)
+        value = yaml.safe_load(value) if value.strip() else str(value)
     if value is None and (type(None) in options or Any in options):
         return None
     literals = [option for option in options if not isinstance(option, type) and option is not Any]
@@ -151,6 +160,7 @@ def _build(cls, mapping, where: str):
     for key, value in mapping.items():
         annotation = hints[key]
         if typing.get_origin(annotation) is list and typing.get_args(annotation) == (DataSource,):
+            value = yaml.safe_load(value) if isinstance(value, CommandLineValue) else value
             if not isinstance(value, list):
                 raise RecipeError(f"{where}.{key}: expected a list of data sources")
             kwargs[key] = [_build(DataSource, item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
@@ -181,8 +191,9 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """`["--max_steps", "3", "--model.dtype", "float32", "--bf16"]` -> {"max_steps": 3, "model.dtype": "float32",
-    "bf16": True}. Values are read as YAML scalars; a flag with no value means true."""
+    """`["--max_steps", "3", "--model.dtype", "float32", "--bf16"]` -> {"max_steps": "3", "model.dtype": "float32",
+    "bf16": "true"}, as `CommandLineValue`s that each field converts to its type; a flag with no value means
+    true."""
     overrides, i = {}, 0
     while i < len(argv):
         token = argv[i]
@@ -194,7 +205,7 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 value, i = argv[i + 1], i + 1
             else:
                 value = "true"
-        overrides[key.replace("-", "_")] = yaml.safe_load(value) if value.strip() else value
+        overrides[key.replace("-", "_")] = CommandLineValue(value)
         i += 1
     return overrides
 
@@ -217,7 +228,8 @@ def _apply_overrides(sections: dict, overrides: dict, path: str) -> None:
             target = target.setdefault(parent, {})
             if not isinstance(target, dict):
                 raise RecipeError(f"command line: '--{key}' for {path}: {parent} is not a mapping")
-        target[leaf] = value
+        # Inside a mapping field (model.config) there is no declared type to go by: read the value as YAML.
+        target[leaf] = yaml.safe_load(value) if parents and isinstance(value, CommandLineValue) else value
 
 
 def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> Recipe:

@@ -1,0 +1,62 @@
+"""The command line: bad input ends in one line naming the file, key or row (exit 2); a stage writes its records;
+`--resume` continues from the last checkpoint."""
+
+import json
+
+import pytest
+
+from align.cli import main
+
+FAST = ["--max_steps", "2", "--eval_strategy", "no", "--logging_steps", "1"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["sft", "recipes/tiny/nope.yaml"], "recipes/tiny/nope.yaml: no such recipe file"),
+    (["sft", "recipes/tiny/sft.yaml", "--max_stepz", "3"], "unknown key 'max_stepz'"),
+    (["dpo", "recipes/tiny/dpo.yaml", "--beta", "high"], "training.beta: 'high' is not a valid value"),
+    (["pipeline", "recipes/tiny/pipeline.yaml", "--colour", "red"], "unknown key '--colour'"),
+    (["sft", "recipes/tiny/sft.yaml", "--output_dir", "{tmp}", "--resume"], "no checkpoint-* directory in {tmp}"),
+])
+def test_bad_arguments_end_in_one_named_line(argv, named, capsys, tmp_path):
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert main(argv) == 2
+    assert named.replace("{tmp}", str(tmp_path)) in _error_line(capsys)
+
+
+def test_a_malformed_data_row_is_named(tmp_path, capsys):
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                    '{"messages": [{"role": "user", "content": "hi"\n')
+    argv = ["sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "out"), "--data.strict", "true",
+            "--data.sources", f"[{{path: {data}, test_split: null}}]", *FAST]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert str(data) in line and "row 2" in line
+
+
+@pytest.mark.slow
+def test_stage_writes_records_and_resumes(tmp_path):
+    out = tmp_path / "sft"
+    base = ["sft", "recipes/tiny/sft.yaml", "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1",
+            "--eval_strategy", "no", "--logging_steps", "1"]
+    assert main([*base, "--max_steps", "2"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["train_loss"] > 0 and "eval_loss" in metrics["eval"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"]["training"]["max_steps"] == 2 and run["recipe"]["model"]["init"] == "random"
+    assert run["data"]["sources"][0]["path"] == "data/samples/ultrachat" and "dropped" in run["data"]["totals"]
+    assert run["versions"]["trl"] and run["versions"]["transformers"] and "commit" in run["git"]
+
+    assert main([*base, "--max_steps", "3", "--resume"]) == 0
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-2")
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]

@@ -1,0 +1,31 @@
+"""`python -m align pipeline` end to end on the tiny recipe: SFT, then DPO from the SFT output; the chat model
+loads with stock transformers (`JetMoeForCausalLM`, `AutoTokenizer` with the chat template) and generates."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, JetMoeForCausalLM
+
+from align.cli import main
+
+
+@pytest.mark.slow
+def test_pipeline_output_is_a_stock_transformers_chat_model(tmp_path, capsys):
+    argv = ["pipeline", "recipes/tiny/pipeline.yaml", "--output_dir", str(tmp_path), "--max_steps", "2",
+            "--eval_strategy", "no", "--save_strategy", "no"]
+    assert main(argv) == 0
+    assert f"DPO: {tmp_path / 'dpo'}/" in capsys.readouterr().out
+
+    dpo_run = json.loads((tmp_path / "dpo" / "run.json").read_text())
+    assert dpo_run["recipe"]["model"]["name_or_path"] == str(tmp_path / "sft")
+    assert dpo_run["data"]["kind"] == "preference"
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "dpo")
+    model = JetMoeForCausalLM.from_pretrained(tmp_path / "dpo").eval()
+    assert tokenizer.chat_template and "{% generation %}" in tokenizer.chat_template
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 plus 3?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert output.shape[1] > prompt["input_ids"].shape[1]
