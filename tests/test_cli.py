@@ -60,3 +60,11 @@ def test_stage_writes_records_and_resumes(tmp_path):
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
+
+
+def test_init_tiny_saves_a_loadable_base(tmp_path):
+    from transformers import AutoTokenizer, JetMoeForCausalLM
+
+    assert main(["init-tiny", str(tmp_path)]) == 0
+    model = JetMoeForCausalLM.from_pretrained(tmp_path)
+    assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(tmp_path)) == 1024
