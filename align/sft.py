@@ -1,5 +1,5 @@
-"""The dSFT stage: TRL's `SFTTrainer` on conversational data, loss on assistant tokens only (the recipe's
-`assistant_only_loss`, on by default in ours), with JetMoE's router losses added."""
+"""The dSFT stage: TRL's `SFTTrainer` on conversational data, with JetMoE's router losses added. Our recipes set
+`assistant_only_loss: true`, so only the assistant's answers (marked by the chat template) are trained on."""
 
 from trl import SFTTrainer
 
