@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .schedule import RoutingIndex, dot_options, interpreting
+from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
 
 
 @triton.jit
@@ -56,11 +56,12 @@ def _grouped_dw_kernel(
 
 # Tiles for the GPU, fixed rather than autotuned: best of `bench/bench_kernels.py --sweep` on an H100 (2026-11-23).
 GPU_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3)
+SMALL_CONFIG = dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3)  # fallback: less shared memory
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
 
 
-def _config() -> dict:
-    return dict(INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
+def _configs() -> list[dict]:
+    return [INTERPRETER_CONFIG] if interpreting() else [GPU_CONFIG, SMALL_CONFIG]
 
 
 def grouped_dw(
@@ -75,17 +76,20 @@ def grouped_dw(
     """`[E, N, K]` gradient; `x_rows`/`dy_rows` None mean the tensor is already in grouped order."""
     num_experts, n, k = weight_shape
     dw = torch.empty(weight_shape, device=x.device, dtype=weight_dtype)
-    cfg = _config()
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), num_experts)
     unused = index.slot_rows
-    _grouped_dw_kernel[grid](
-        x, dy, dw,
-        x_rows if x_rows is not None else unused,
-        dy_rows if dy_rows is not None else unused,
-        index.expert_start, index.expert_end,
-        n, k,
-        x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
-        X_INDEXED=x_rows is not None, DY_INDEXED=dy_rows is not None,
-        **dot_options(x.dtype), **cfg,
-    )  # fmt: skip
+
+    def launch(cfg):
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), num_experts)
+        _grouped_dw_kernel[grid](
+            x, dy, dw,
+            x_rows if x_rows is not None else unused,
+            dy_rows if dy_rows is not None else unused,
+            index.expert_start, index.expert_end,
+            n, k,
+            x.stride(0), x.stride(1), dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2),
+            X_INDEXED=x_rows is not None, DY_INDEXED=dy_rows is not None,
+            **dot_options(x.dtype), **cfg,
+        )  # fmt: skip
+
+    launch_first_fitting("grouped_dw", x.dtype, _configs(), launch)
     return dw

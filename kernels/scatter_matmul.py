@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .grouped_dw import grouped_dw
-from .schedule import RoutingIndex, dot_options, interpreting
+from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
 
 
 @triton.jit
@@ -69,11 +69,12 @@ def _scatter_mm_kernel(
 # Tiles for the GPU, fixed rather than autotuned: best of `bench/bench_kernels.py --sweep` on an H100 (2026-11-23),
 # 513-613 TFLOP/s on the JetMoE-8B matmuls against 448-536 for 128x128x64.
 GPU_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
+SMALL_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)  # float32 fallback
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
 
 
-def _config() -> dict:
-    return dict(INTERPRETER_CONFIG if interpreting() else GPU_CONFIG)
+def _configs() -> list[dict]:
+    return [INTERPRETER_CONFIG] if interpreting() else [GPU_CONFIG, SMALL_CONFIG]
 
 
 def scatter_mm(
@@ -100,19 +101,22 @@ def scatter_mm(
     y = torch.empty(num_out_rows, n, device=x.device, dtype=x.dtype)
     if out_rows is not None and num_out_rows > index.slot_rows.shape[0]:
         raise ValueError("scattered outputs cannot hold more rows than routed slots")
-    cfg = _config()
-    plan = index.tiles(cfg["BLOCK_M"])
-    grid = (plan.num_tiles * triton.cdiv(n, cfg["BLOCK_N"]),)
-    _scatter_mm_kernel[grid](
-        x, weight, y,
-        in_rows if in_rows is not None else index.slot_rows,
-        out_rows if out_rows is not None else index.slot_rows,
-        plan.row_start, plan.row_end, plan.expert,
-        plan.num_tiles, n, k,
-        x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1),
-        IN_INDEXED=in_rows is not None, OUT_INDEXED=out_rows is not None,
-        EVEN_K=k % cfg["BLOCK_K"] == 0, **dot_options(x.dtype), **cfg,
-    )  # fmt: skip
+
+    def launch(cfg):
+        plan = index.tiles(cfg["BLOCK_M"])
+        grid = (plan.num_tiles * triton.cdiv(n, cfg["BLOCK_N"]),)
+        _scatter_mm_kernel[grid](
+            x, weight, y,
+            in_rows if in_rows is not None else index.slot_rows,
+            out_rows if out_rows is not None else index.slot_rows,
+            plan.row_start, plan.row_end, plan.expert,
+            plan.num_tiles, n, k,
+            x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1),
+            IN_INDEXED=in_rows is not None, OUT_INDEXED=out_rows is not None,
+            EVEN_K=k % cfg["BLOCK_K"] == 0, **dot_options(x.dtype), **cfg,
+        )  # fmt: skip
+
+    launch_first_fitting("scatter_mm", x.dtype, _configs(), launch)
     return y
 
 

@@ -25,3 +25,21 @@ def test_index_is_cached_per_routing():
     routing, _ = make_routing("random", 9, 3, 2, torch.float32)
     assert routing_index(routing) is routing_index(routing)
     assert routing_index(routing).tiles(16) is routing_index(routing).tiles(16)
+
+
+def test_tiles_too_big_for_shared_memory_fall_back_once():
+    from triton.runtime.errors import OutOfResources
+
+    from kernels.schedule import launch_first_fitting
+
+    big, small = dict(BLOCK_M=999, tag=1), dict(BLOCK_M=16, tag=2)
+    tried = []
+
+    def launch(config):
+        tried.append(config["tag"])
+        if config is big:
+            raise OutOfResources(294912, 232448, "shared memory")
+
+    for _ in range(2):
+        launch_first_fitting("test_kernel", torch.float32, [big, small], launch)
+    assert tried == [1, 2, 2]  # the misfit is tried once, then skipped
