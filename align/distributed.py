@@ -3,10 +3,10 @@
 ZeRO-3 keeps each parameter as a shard and gathers a module's own parameters in that module's forward pre-hook.
 JetMoE's attention also reads parameters of a submodule whose own forward never runs (`MoAExperts`, used through
 its `map` and `reduce` methods); DeepSpeed fetches such parameters one by one, on access, as "external parameters"
-outside its prefetch schedule. Marking `MoAAttention` and `MoEMLP` as ZeRO-3 leaf
-modules instead gathers every parameter under them in one fetch in their pre-forward (and pre-backward) hook. Every
-rank gathers the whole `[E, out, in]` expert weights whatever its tokens routed to, so all ranks issue the same
-collectives in the same order: no hang on an expert that one rank's tokens skipped.
+outside its prefetch schedule. Marking `MoAAttention` and `MoEMLP` as ZeRO-3 leaf modules instead gathers every
+parameter under them in one fetch in their pre-forward (and pre-backward) hook. Every rank gathers the whole
+`[E, out, in]` expert weights whatever its tokens routed to, so all ranks issue the same collectives in the same
+order: no hang on an expert that one rank's tokens skipped.
 
 DDP, ZeRO-2 and FSDP need nothing here: DDP and ZeRO-2 keep whole weights on every rank, and FSDP
 (`recipes/accelerate_configs/fsdp.yaml`) shards per `JetMoEDecoderLayer`, which gathers the layer's expert weights
