@@ -3,7 +3,6 @@
     PYTHONPATH=. python bench/bench_jetmoe.py                          # 24 layers, batch 4 x 2048, all of it
     PYTHONPATH=. python bench/bench_jetmoe.py --layers 4 --iters 3     # quicker
     PYTHONPATH=. python bench/bench_jetmoe.py --checkpointing          # + ours, gradient checkpointing, 4x longer
-    PYTHONPATH=. python bench/bench_jetmoe.py --models triton,triton+fused-glue   # + proposed fused RMSNorm/rotary
 
 Forward is `model(ids)` under `torch.no_grad()`; forward+backward is `model(ids, labels=ids).loss.backward()`
 (no optimizer step; gradients set to None between steps, so their memory is counted in the peak). Each model is
@@ -17,12 +16,10 @@ FLOPs per token (causal attention, matmuls only; the standard "model FLOPs" of M
 MFU = achieved FLOP/s / peak (`--peak-tflops`, 989 = H100 SXM dense bf16 datasheet); "of dense" divides by the
 rate of an 8192^3 bf16 `torch.matmul` measured in the same process.
 
-"triton+fused-glue" is ours with `kernels.rmsnorm` and `kernels.rotary` patched into the model classes inside this
-process only: a measured proposal for the model, not what `jetmoe_model` runs today.
+Ours with `moe_backend="triton"` runs every Triton kernel: experts, RMSNorm, rotary; "torch" runs none.
 """
 
 import argparse
-import contextlib
 import gc
 import json
 import time
@@ -43,23 +40,6 @@ def flops_per_token(shape: dict, layers: int, seq: int) -> float:
     per_layer = 2 * h * attn + 2 * k * h * attn + 3 * k * h * ffn + 2 * h * e
     active = layers * per_layer + h * shape["vocab_size"]
     return 2 * active + 2 * layers * seq * k * attn
-
-
-@contextlib.contextmanager
-def fused_glue():
-    """Swap the model's RMSNorm and rotary embedding for the fused Triton kernels, for this process, then restore."""
-    from jetmoe_model import attention, layers
-
-    from kernels.rmsnorm import rms_norm
-    from kernels.rotary import apply_rotary
-
-    saved = layers.RMSNorm.forward, attention.apply_rotary
-    layers.RMSNorm.forward = lambda self, x: rms_norm(x, self.weight, self.eps)
-    attention.apply_rotary = apply_rotary
-    try:
-        yield
-    finally:
-        layers.RMSNorm.forward, attention.apply_rotary = saved
 
 
 def build(kind: str, shape: dict, layers: int):
@@ -98,10 +78,6 @@ def time_steps(step, warmup: int, iters: int) -> float:
 
 
 def measure(kind: str, args, seq: int, checkpointing: bool = False, forward: bool = True) -> dict:
-    if kind.endswith("+fused-glue"):
-        with fused_glue():
-            row = measure(kind.removesuffix("+fused-glue"), args, seq, checkpointing, forward)
-        return dict(row, model=row["model"] + " + fused RMSNorm/rotary (patched)")
     torch.manual_seed(0)
     t0 = time.time()
     model = build(kind, JETMOE_8B, args.layers)

@@ -4,14 +4,13 @@
 """
 
 import argparse
-import contextlib
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, "bench")
-from bench_jetmoe import JETMOE_8B, build, fused_glue  # noqa: E402
+from bench_jetmoe import JETMOE_8B, build  # noqa: E402
 
 
 def main():
@@ -21,10 +20,7 @@ def main():
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--backend", default="triton")
     parser.add_argument("--rows", type=int, default=30)
-    parser.add_argument("--fused-glue", action="store_true", help="patch in kernels.rmsnorm / kernels.rotary")
-    args = parser.parse_args()
-    with fused_glue() if args.fused_glue else contextlib.nullcontext():
-        profile_step(args)
+    profile_step(parser.parse_args())
 
 
 def profile_step(args):

@@ -48,11 +48,12 @@ class MoAAttention(nn.Module):
         heads, k, dim = self.num_key_value_heads, self.top_k, self.head_dim
 
         queries, routing, router_logits = self.experts.map(hidden_states)  # [B, L, k, heads*dim]
-        query = queries.view(batch, length, k, heads, dim).permute(0, 3, 2, 1, 4).reshape(batch, heads * k, length, dim)
+        query = queries.view(batch, length, k, heads, dim).permute(0, 3, 2, 1, 4)  # [B, heads, k, L, dim], a view
         key, value = self.kv_proj(hidden_states).view(batch, length, 2, heads, dim).permute(2, 0, 3, 1, 4)
 
         cos, sin = position_embeddings
-        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        backend = self.experts.backend
+        query, key = apply_rotary(query, cos, sin, backend), apply_rotary(key, cos, sin, backend)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 

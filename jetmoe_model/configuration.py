@@ -16,7 +16,8 @@ class JetMoEConfig(JetMoeConfig):
 
     router_z_loss_coef: weight of the router z-loss (JetMoE report: 0.001); `aux_loss_coef` (0.01) weights the
         load-balancing loss. Both are added to the training loss when `output_router_logits` is on.
-    moe_backend: "torch" (the reference expert path), "triton" (our kernels) or "auto" (Triton on CUDA).
+    moe_backend: "torch" (the PyTorch reference), "triton" (our kernels: experts, RMSNorm, rotary) or "auto"
+        (Triton on CUDA).
     """
 
     router_z_loss_coef: float = 0.001

@@ -14,12 +14,7 @@ import kernels
 from kernels import Routing
 from kernels.lora import glu, scattered_experts
 
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto" means Triton where it can run (CUDA), the PyTorch reference elsewhere."""
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return backend
+from .layers import resolve_backend
 
 
 class ParallelExperts(nn.Module):

@@ -34,9 +34,9 @@ class JetMoEDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: JetMoEConfig, layer_idx: int):
         super().__init__()
         # transformers' JetMoe builds these two norms with the default eps, not `rms_norm_eps`; so do we.
-        self.input_layernorm = RMSNorm(config.hidden_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, backend=config.moe_backend)
         self.self_attention = MoAAttention(config, layer_idx)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, backend=config.moe_backend)
         self.mlp = MoEMLP(config)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
@@ -93,12 +93,12 @@ class JetMoEPreTrainedModel(PreTrainedModel):
             ) from None
 
     def set_moe_backend(self, backend: str) -> None:
-        """Switch every expert layer between "torch", "triton" and "auto" (also recorded in the config)."""
+        """Switch every kernel-backed layer (experts, norms, rotary) between "torch", "triton" and "auto"."""
         if backend not in MOE_BACKENDS:
             raise ValueError(f"moe_backend={backend!r}: expected one of {MOE_BACKENDS}")
         self.config.moe_backend = backend
         for module in self.modules():
-            if isinstance(module, MoAExperts | MoEMLP):
+            if isinstance(module, MoAExperts | MoEMLP | RMSNorm):
                 module.backend = backend
 
 
@@ -112,7 +112,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(JetMoEDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, backend=config.moe_backend)
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()

@@ -1,8 +1,12 @@
 """Fused rotary embedding, forward and backward, with the semantics of `jetmoe_model.layers.apply_rotary`.
 
-`y = x * cos + rotate_half(x) * sin` for `x` `[B, heads, L, D]` (any strides: the model's keys are a permuted view
-of the kv projection) and tables `[B, L, D]`. PyTorch builds it from a chunk, a negation, a `cat` and three
-elementwise passes, forward and again backward; here one pass each way, writing a contiguous result.
+`y = x * cos + rotate_half(x) * sin` for `x` `[B, heads, L, D]` and tables `[B or 1, L, D]`. PyTorch builds it from a
+chunk, a negation, a `cat` and three elementwise passes, forward and again backward; here one pass each way.
+
+`x` may have any strides, and its heads may be two dimensions `[B, H1, H2, L, D]` (head `h1 * H2 + h2`): MoA's
+queries come out of the expert kernel as `[B, L, k, kv_heads, D]`, and reading them through that 5-D view spares the
+permute-copy into `[B, kv_heads * k, L, D]`. The result is contiguous `[B, heads, L, D]`; the gradient is written
+with the strides of `x`, so it reaches the expert kernel in the layout that kernel wrote.
 """
 
 import torch
@@ -14,19 +18,20 @@ from .schedule import interpreting
 
 @triton.jit
 def _rotary_kernel(
-    X, COS, SIN, Y, L, HEADS,
-    stride_xb, stride_xh, stride_xl, stride_xd, stride_tb, stride_tl,
+    X, COS, SIN, Y, L, HEADS, H2,
+    sx_b, sx_h1, sx_h2, sx_l, sx_d, sy_b, sy_h1, sy_h2, sy_l, sy_d, st_b, st_l,
     HALF: tl.constexpr, BACKWARD: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0)
-    b, h = bh // HEADS, bh % HEADS
+    b, h = (bh // HEADS).to(tl.int64), bh % HEADS
+    h1, h2 = h // H2, h % H2
     ls = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.arange(0, HALF)
     mask = (ls < L)[:, None]
-    x_base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh + ls[:, None] * stride_xl
-    x1 = tl.load(x_base + d[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_base + (d[None, :] + HALF) * stride_xd, mask=mask, other=0.0).to(tl.float32)
-    t_base = b.to(tl.int64) * stride_tb + ls[:, None] * stride_tl + d[None, :]
+    x_base = X + b * sx_b + h1.to(tl.int64) * sx_h1 + h2.to(tl.int64) * sx_h2 + ls[:, None].to(tl.int64) * sx_l
+    x1 = tl.load(x_base + d[None, :] * sx_d, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_base + (d[None, :] + HALF) * sx_d, mask=mask, other=0.0).to(tl.float32)
+    t_base = b * st_b + ls[:, None] * st_l + d[None, :]
     # rotate_half uses the same angle for d and d + HALF (the tables repeat), so one half of each table suffices.
     cos = tl.load(COS + t_base, mask=mask, other=0.0).to(tl.float32)
     sin = tl.load(SIN + t_base, mask=mask, other=0.0).to(tl.float32)
@@ -36,24 +41,35 @@ def _rotary_kernel(
     else:
         y1 = x1 * cos - x2 * sin
         y2 = x2 * cos + x1 * sin
-    y_base = Y + (bh.to(tl.int64) * L + ls[:, None]) * (2 * HALF)
-    tl.store(y_base + d[None, :], y1.to(Y.dtype.element_ty), mask=mask)
-    tl.store(y_base + HALF + d[None, :], y2.to(Y.dtype.element_ty), mask=mask)
+    y_base = Y + b * sy_b + h1.to(tl.int64) * sy_h1 + h2.to(tl.int64) * sy_h2 + ls[:, None].to(tl.int64) * sy_l
+    tl.store(y_base + d[None, :] * sy_d, y1.to(Y.dtype.element_ty), mask=mask)
+    tl.store(y_base + (d[None, :] + HALF) * sy_d, y2.to(Y.dtype.element_ty), mask=mask)
 
 
-def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> torch.Tensor:
-    batch, heads, length, dim = x.shape
-    if cos.stride(-1) != 1 or sin.stride() != cos.stride():
-        cos, sin = cos.contiguous(), sin.contiguous()
+def _as_5d(x: torch.Tensor, h2: int) -> torch.Tensor:
+    """`[B, H, L, D]` seen as `[B, H / h2, h2, L, D]` (a view: the heads dimension splits for any stride)."""
+    return x if x.dim() == 5 else x.unflatten(1, (x.shape[1] // h2, h2))
+
+
+def _dense_strides(x: torch.Tensor) -> tuple[int, ...] | None:
+    """`x`'s strides if they tile its memory without gaps (a permuted contiguous tensor), else None."""
+    expected = 1
+    for dim in sorted(range(x.dim()), key=x.stride):
+        if x.shape[dim] != 1 and x.stride(dim) != expected:
+            return None
+        expected *= x.shape[dim]
+    return x.stride()
+
+
+def _launch(x5: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, y5: torch.Tensor, backward: bool) -> None:
+    batch, h1, h2, length, dim = x5.shape
     cos, sin = cos.expand(batch, length, dim), sin.expand(batch, length, dim)  # tables of batch 1: stride 0
-    y = torch.empty(batch, heads, length, dim, device=x.device, dtype=torch.promote_types(x.dtype, cos.dtype))
     block_l = 8 if interpreting() else 32
-    grid = (batch * heads, triton.cdiv(length, block_l))
+    grid = (batch * h1 * h2, triton.cdiv(length, block_l))
     _rotary_kernel[grid](
-        x, cos, sin, y, length, heads, *x.stride(), cos.stride(0), cos.stride(1),
+        x5, cos, sin, y5, length, h1 * h2, h2, *x5.stride(), *y5.stride(), cos.stride(0), cos.stride(1),
         HALF=dim // 2, BACKWARD=backward, BLOCK_L=block_l,
     )  # fmt: skip
-    return y
 
 
 class RotaryFunction(torch.autograd.Function):
@@ -61,15 +77,25 @@ class RotaryFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, cos, sin):
+        if cos.stride(-1) != 1 or sin.stride() != cos.stride():
+            cos, sin = cos.contiguous(), sin.contiguous()
+        x5 = _as_5d(x, 1)
+        batch, h1, h2, length, dim = x5.shape
+        y = torch.empty(batch, h1 * h2, length, dim, device=x.device, dtype=torch.promote_types(x.dtype, cos.dtype))
+        _launch(x5, cos, sin, _as_5d(y, h2), backward=False)
         ctx.save_for_backward(cos, sin)
-        return _launch(x, cos, sin, backward=False)
+        ctx.x_meta = (x5.shape, _dense_strides(x5), x.dim())
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         cos, sin = ctx.saved_tensors
-        return _launch(dy, cos, sin, backward=True), None, None
+        shape, stride, x_dim = ctx.x_meta
+        dx5 = torch.empty_strided(shape, stride, device=dy.device, dtype=dy.dtype) if stride else dy.new_empty(shape)
+        _launch(_as_5d(dy, shape[2]), cos, sin, dx5, backward=True)
+        return (dx5 if x_dim == 5 else dx5.flatten(1, 2)), None, None
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Drop-in for `jetmoe_model.layers.apply_rotary` (head_dim a power of two, cos/sin `[B or 1, L, D]`)."""
+    """`x` `[B, heads, L, D]` or `[B, H1, H2, L, D]` (head_dim a power of two), cos/sin `[B or 1, L, D]`."""
     return RotaryFunction.apply(x, cos, sin)

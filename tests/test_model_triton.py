@@ -38,7 +38,9 @@ def test_triton_backend_matches_torch_backend(dtype):
     logits_t, loss_t, grads_t = run(model, "torch", ids)
     logits, loss, grads = run(model, "triton", ids)
 
-    factor = 1.0 if dtype == torch.float32 else 2.0  # bf16: errors compound over two layers
+    # bf16: errors compound over two layers; Triton's interpreter also rounds bf16 stores toward zero (twice the
+    # rounding error of the GPU's round-to-nearest), and since norms and rotary are fused too, most stores are ours.
+    factor = 1.0 if dtype == torch.float32 else (2.0 if torch.cuda.is_available() else 3.0)
     assert_close(logits, logits_t, dtype, "logits", factor)
     assert_close(loss, loss_t, dtype, "loss", factor)
     assert grads.keys() == grads_t.keys()
