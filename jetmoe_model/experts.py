@@ -53,9 +53,9 @@ class TopKRouter(nn.Module):
         self.top_k = top_k
         self.layer = nn.Linear(input_size, num_experts, bias=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[Routing, torch.Tensor]:
+    def forward(self, x: torch.Tensor, backend: str = "torch") -> tuple[Routing, torch.Tensor]:
         logits = self.layer(x).float()
-        return kernels.route(logits, self.top_k, x.dtype), logits
+        return kernels.route(logits, self.top_k, x.dtype, backend), logits
 
 
 class MoEMLP(nn.Module):
@@ -74,8 +74,8 @@ class MoEMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the layer output and the router logits `[B*L, E]`."""
         flat = x.reshape(-1, x.shape[-1])
-        routing, logits = self.router(flat)
         backend = resolve_backend(self.backend, x.device)
+        routing, logits = self.router(flat, backend)
         hidden = glu(self.input_linear(flat, routing, backend=backend, grouped_out=True), self.activation, backend)
         out = self.output_linear(hidden, routing, backend=backend, grouped_in=True, gates=routing.gates)
         return (out + self.bias).view_as(x), logits
@@ -96,8 +96,9 @@ class MoAExperts(nn.Module):
     def map(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing, torch.Tensor]:
         """Queries of each token by each of its k experts: `[B, L, k, attn_size]`, plus routing and logits."""
         flat = x.reshape(-1, x.shape[-1])
-        routing, logits = self.router(flat)
-        queries = self.input_linear(flat, routing, backend=resolve_backend(self.backend, x.device))
+        backend = resolve_backend(self.backend, x.device)
+        routing, logits = self.router(flat, backend)
+        queries = self.input_linear(flat, routing, backend=backend)
         return queries.view(*x.shape[:-1], routing.top_k, -1), routing, logits
 
     def reduce(self, attn: torch.Tensor, routing: Routing) -> torch.Tensor:

@@ -35,11 +35,17 @@ class Routing:
         return self.expert_counts.shape[0]
 
 
-def route(router_logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> Routing:
-    """Top-k routing as JetMoE does it: softmax over the k largest logits (in float32), gates cast to `gate_dtype`."""
+def route(router_logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype, backend: str = "torch") -> Routing:
+    """Top-k routing as JetMoE does it: softmax over the k largest logits (in float32), gates cast to `gate_dtype`.
+
+    The "triton" backend groups the slots with one kernel (`kernels.grouping`) instead of a sort and a histogram,
+    and keeps the int32 index the expert kernels read on the routing; the result is the same.
+    """
     num_experts = router_logits.shape[-1]
     top_logits, experts = router_logits.float().topk(top_k, dim=-1)
     gates = torch.softmax(top_logits, dim=-1).to(gate_dtype)
+    if backend == "triton":
+        return _grouped_by_kernel(gates, experts, num_experts)
     flat_experts = experts.reshape(-1)
     sorted_experts, sorted_slots = flat_experts.sort(stable=True)
     counts = torch.zeros(num_experts, dtype=torch.long, device=router_logits.device)
@@ -52,3 +58,26 @@ def route(router_logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> R
         expert_counts=counts,
         expert_offsets=counts.cumsum(0),
     )
+
+
+def _grouped_by_kernel(gates: torch.Tensor, experts: torch.Tensor, num_experts: int) -> Routing:
+    from .grouping import group_slots
+    from .schedule import RoutingIndex
+
+    grouped = group_slots(experts, num_experts)
+    routing = Routing(
+        gates=gates,
+        experts=experts,
+        sorted_experts=grouped["sorted_experts"],
+        sorted_slots=grouped["sorted_slots"],
+        expert_counts=grouped["expert_counts"],
+        expert_offsets=grouped["expert_end"],
+    )
+    routing._triton_index = RoutingIndex(
+        token_rows=grouped["token_rows"],
+        slot_rows=grouped["slot_rows"],
+        expert_start=grouped["expert_start"],
+        expert_end=grouped["expert_end"],
+        _plans={},
+    )
+    return routing

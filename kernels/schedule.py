@@ -85,7 +85,10 @@ class RoutingIndex:
 
 
 def routing_index(routing: Routing) -> RoutingIndex:
-    """The `RoutingIndex` of `routing`, cached on the routing object (the MoA uses one routing twice)."""
+    """The `RoutingIndex` of `routing`, cached on the routing object (the MoA uses one routing twice).
+
+    Routings made with `route(..., backend="triton")` come with it; others get it from a few PyTorch ops.
+    """
     cached = getattr(routing, "_triton_index", None)
     if cached is None:
         slots = routing.sorted_slots
@@ -102,16 +105,7 @@ def routing_index(routing: Routing) -> RoutingIndex:
 
 
 def _plan_tiles(index: RoutingIndex, block_m: int) -> TilePlan:
-    start, end = index.expert_start.long(), index.expert_end.long()
-    num_rows = index.slot_rows.shape[0]
-    num_experts = start.shape[0]
-    tiles_per_expert = (end - start + block_m - 1) // block_m
-    tile_end = tiles_per_expert.cumsum(0)
-    num_tiles = (num_rows + block_m - 1) // block_m + num_experts  # static upper bound: no sync
-    tile = torch.arange(num_tiles, device=start.device)
-    expert = torch.searchsorted(tile_end, tile, right=True).clamp_(max=num_experts - 1)
-    first_tile = tile_end[expert] - tiles_per_expert[expert]
-    row_start = start[expert] + (tile - first_tile) * block_m
-    row_end = end[expert]
-    row_start = torch.minimum(row_start, row_end)  # spare tiles past the last expert's group: empty
-    return TilePlan(block_m, row_start.to(torch.int32), row_end.to(torch.int32), expert.to(torch.int32))
+    from .grouping import plan_tiles
+
+    row_start, row_end, expert = plan_tiles(index.expert_start, index.expert_end, index.slot_rows.shape[0], block_m)
+    return TilePlan(block_m, row_start, row_end, expert)
