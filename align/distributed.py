@@ -1,12 +1,14 @@
 """What JetMoE needs from the engines that `accelerate launch` drives: DDP, DeepSpeed ZeRO-2/3 and FSDP.
 
 ZeRO-3 keeps each parameter as a shard and gathers a module's own parameters in that module's forward pre-hook.
-JetMoE's attention also reads parameters of a submodule whose own forward never runs (`MoAExperts`, used through
-its `map` and `reduce` methods); DeepSpeed fetches such parameters one by one, on access, as "external parameters"
-outside its prefetch schedule. Marking `MoAAttention` and `MoEMLP` as ZeRO-3 leaf modules instead gathers every
-parameter under them in one fetch in their pre-forward (and pre-backward) hook. Every rank gathers the whole
-`[E, out, in]` expert weights whatever its tokens routed to, so all ranks issue the same collectives in the same
-order: no hang on an expert that one rank's tokens skipped.
+JetMoE calls every expert projection (`ParallelExperts`, one `[E, out, in]` weight), router and `kv_proj` as a
+module, so each of those forwards runs and its hook fires. One parameter is read outside its owner's forward:
+`MoAExperts` is used through its `map` and `reduce` methods, never its own forward, so its shared output `bias`
+would be fetched on access, as a DeepSpeed "external parameter" outside the prefetch schedule. Marking
+`MoAAttention` and `MoEMLP` as ZeRO-3 leaf modules gathers every parameter under them (that bias included) in one
+fetch in their pre-forward (and pre-backward) hook, instead of one small gather per projection and router. Every
+rank gathers the whole `[E, out, in]` expert weights whatever its tokens routed to, so all ranks issue the same
+collectives in the same order: no hang on an expert that one rank's tokens skipped.
 
 DDP, ZeRO-2 and FSDP need nothing here: DDP and ZeRO-2 keep whole weights on every rank, and FSDP
 (`recipes/accelerate_configs/fsdp.yaml`) shards per `JetMoEDecoderLayer`, which gathers the layer's expert weights
