@@ -8,6 +8,7 @@ per kv head: SDPA and flash attention then read each shared key/value head once 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -49,7 +50,9 @@ class MoAAttention(nn.Module):
 
         queries, routing, router_logits = self.experts.map(hidden_states)  # [B, L, k, heads*dim]
         query = queries.view(batch, length, k, heads, dim).permute(0, 3, 2, 1, 4)  # [B, heads, k, L, dim], a view
-        key, value = self.kv_proj(hidden_states).view(batch, length, 2, heads, dim).permute(2, 0, 3, 1, 4)
+        kv = self.kv_proj(hidden_states).view(batch, length, 2, heads, dim)
+        # Unbound along its own dim, the backward stacks both gradients straight into the projection's layout.
+        key, value = (half.transpose(1, 2) for half in kv.unbind(2))  # [B, heads, L, dim] views
 
         cos, sin = position_embeddings
         backend = self.experts.backend
@@ -57,19 +60,23 @@ class MoAAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
-        attn, _ = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )  # [B, L, heads*k, dim]
-        attn = attn.reshape(batch, length, heads, k, dim).transpose(2, 3).reshape(batch, length, k, heads * dim)
-        return self.experts.reduce(attn, routing), router_logits
+        dropout = self.config.attention_dropout if self.training else 0.0
+        if self.config._attn_implementation == "sdpa" and attention_mask is None and past_key_values is None:
+            # Plain causal attention (training on full rows): PyTorch's SDPA directly, whose `[B, heads*k, L, dim]`
+            # output needs one copy into the slot layout; through the attention interface it takes two.
+            attn = F.scaled_dot_product_attention(
+                query, key, value, dropout_p=dropout, scale=self.scaling, is_causal=length > 1, enable_gqa=True
+            )
+            attn = attn.view(batch, heads, k, length, dim).permute(0, 3, 2, 1, 4)
+        else:
+            attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention
+            )
+            attn, _ = attention(
+                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
+            )  # [B, L, heads*k, dim]
+            attn = attn.view(batch, length, heads, k, dim).transpose(2, 3)
+        return self.experts.reduce(attn.reshape(batch, length, k, heads * dim), routing), router_logits
 
 
 def preferred_attn_implementation() -> str:
