@@ -11,10 +11,10 @@ from trl import DPOTrainer
 from .distributed import copy_model
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
-from .stage import run_stage
+from .stage import StopAtMaxStepsMixin, run_stage
 
 
-class JetMoEDPOTrainer(RouterLossMixin, DPOTrainer):
+class JetMoEDPOTrainer(StopAtMaxStepsMixin, RouterLossMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

@@ -5,10 +5,10 @@ from trl import SFTTrainer
 
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
-from .stage import run_stage
+from .stage import StopAtMaxStepsMixin, run_stage
 
 
-class JetMoESFTTrainer(RouterLossMixin, SFTTrainer):
+class JetMoESFTTrainer(StopAtMaxStepsMixin, RouterLossMixin, SFTTrainer):
     """`SFTTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

@@ -1,13 +1,14 @@
 """One training stage, whichever the trainer: load tokenizer, model and data; train (or resume); save the checkpoint
 with its tokenizer; write metrics.json and run.json. `sft.py` and `dpo.py` only say how to build their trainer."""
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainerState, set_seed
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
 from .data import load_mixture
 from .distributed import prepare_for_sharding
@@ -26,6 +27,18 @@ TrainerFactory = Callable
 
 class ResumeError(ValueError):
     pass
+
+
+class StopAtMaxStepsMixin:
+    """Mix in before a transformers trainer. Its loop checks `max_steps` only after an optimizer step, so a run
+    resumed from a checkpoint that already reached it would train one step more: check before each epoch too."""
+
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.global_step >= self.state.max_steps:
+            logger.info("already at step %d of %d: nothing left to train", self.state.global_step, self.state.max_steps)
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
 
 
 def checkpoint_to_resume(output_dir: str, required: bool = True) -> str | None:
@@ -64,12 +77,28 @@ def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False
         logger.info("%s: resuming from %s", recipe.stage, resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))  # safetensors + config + generation config + tokenizer with chat template
-    metrics = {"train": result.metrics}
-    if eval_dataset is not None:
-        metrics["eval"] = trainer.evaluate()
+    eval_metrics = trainer.evaluate() if eval_dataset is not None else None
     if trainer.is_world_process_zero():
+        metrics = {"train": train_metrics(result, resume_from, output_dir)}
+        if eval_metrics is not None:
+            metrics["eval"] = eval_metrics
         write_json(output_dir / "metrics.json", metrics)
         write_json(output_dir / "run.json", run_record(recipe, data_report, resume_from, started))
         logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json)", recipe.stage, output_dir)
     trainer.accelerator.wait_for_everyone()  # other ranks read these files next (DPO's start, the summary)
     return output_dir
+
+
+def train_metrics(result: TrainOutput, resumed_from: str | None, output_dir: Path) -> dict:
+    """A resumed run that had already finished trains no step, for which transformers reports a train_loss of 0:
+    it keeps the train metrics of the run that trained (when that run got as far as writing them)."""
+    if resumed_from is None or result.global_step > checkpoint_step(resumed_from):
+        return result.metrics
+    previous = output_dir / "metrics.json"
+    if previous.is_file():
+        return json.loads(previous.read_text())["train"]
+    return {key: value for key, value in result.metrics.items() if key != "train_loss"}
+
+
+def checkpoint_step(checkpoint: str) -> int:
+    return TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")).global_step

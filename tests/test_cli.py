@@ -62,6 +62,29 @@ def test_stage_writes_records_and_resumes(tmp_path):
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]
 
 
+def weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(directory / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_stage_trains_no_further(tmp_path):
+    out = tmp_path / "sft"
+    argv = ["sft", "recipes/tiny/sft.yaml", "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1",
+            *FAST]
+    assert main(argv) == 0
+    finished, metrics = weights(out), json.loads((out / "metrics.json").read_text())
+
+    assert main([*argv, "--resume"]) == 0
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert json.loads((out / "run.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    assert json.loads((out / "metrics.json").read_text())["train"] == metrics["train"]
+    resaved = weights(out)
+    assert resaved.keys() == finished.keys()
+    assert all(resaved[name].equal(finished[name]) for name in finished)
+
+
 def test_init_tiny_saves_a_loadable_base(tmp_path):
     from transformers import AutoTokenizer, JetMoeForCausalLM
 

@@ -29,3 +29,23 @@ def test_pipeline_output_is_a_stock_transformers_chat_model(tmp_path, capsys):
     with torch.no_grad():
         output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert output.shape[1] > prompt["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_resumed_pipeline_keeps_a_finished_sft_and_resumes_dpo(tmp_path):
+    from safetensors.torch import load_file
+
+    argv = ["pipeline", "recipes/tiny/pipeline.yaml", "--output_dir", str(tmp_path), "--sft.max_steps", "2",
+            "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "1", "--logging_steps", "1"]
+    assert main([*argv, "--dpo.max_steps", "1"]) == 0  # as if stopped after DPO's first step
+    sft_weights = load_file(tmp_path / "sft" / "model.safetensors")
+
+    assert main([*argv, "--dpo.max_steps", "2", "--resume"]) == 0
+    assert sorted(path.name for path in (tmp_path / "sft").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    resaved = load_file(tmp_path / "sft" / "model.safetensors")
+    assert all(resaved[name].equal(sft_weights[name]) for name in sft_weights)
+
+    dpo = tmp_path / "dpo"
+    assert json.loads((dpo / "run.json").read_text())["resumed_from"].endswith("checkpoint-1")
+    state = json.loads((dpo / "checkpoint-2" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2]
