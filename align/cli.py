@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
 from .data import DataError
@@ -57,12 +58,16 @@ def _run(args, overrides: dict) -> None:
         from .sft import run_sft
 
         run = {"sft": run_sft, "dpo": run_dpo}[args.command]
-        output_dir = run(load_recipe(args.recipe, args.command, overrides), resume=args.resume)
-        print(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json)")
+        recipe = load_recipe(args.recipe, args.command, overrides)
+        _log_on_main_process_only()
+        output_dir = run(recipe, resume=args.resume)
+        _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json)")
     elif args.command == "pipeline":
         from .pipeline import run_pipeline, summary
 
-        print(summary(*run_pipeline(*load_pipeline(args.recipe, overrides), resume=args.resume)))
+        recipes = load_pipeline(args.recipe, overrides)
+        _log_on_main_process_only()
+        _say(summary(*run_pipeline(*recipes, resume=args.resume)))
     elif args.command == "init-tiny":
         from .model_loading import build_model
         from .tokenizer import load_tokenizer
@@ -71,7 +76,7 @@ def _run(args, overrides: dict) -> None:
         tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
         build_model(recipe.model, tokenizer, seed=recipe.training.seed).save_pretrained(args.out_dir)
         tokenizer.save_pretrained(args.out_dir)
-        print(f"base model and tokenizer: {args.out_dir}/")
+        _say(f"base model and tokenizer: {args.out_dir}/")
     elif args.command == "build-tokenizer":
         from .tokenizer import build_tokenizer, corpus_from_files
 
@@ -79,15 +84,31 @@ def _run(args, overrides: dict) -> None:
         if not samples.is_dir():
             raise RecipeError(f"{samples}: no such directory of sample data")
         build_tokenizer(corpus_from_files(samples.rglob("*.json*")), args.vocab_size).save_pretrained(args.out_dir)
-        print(f"tokenizer: {args.out_dir}/")
+        _say(f"tokenizer: {args.out_dir}/")
     elif args.command == "generate":
         from .generate import generate
 
-        print(generate(args.model_dir, args.question, args.max_new_tokens))
+        _say(generate(args.model_dir, args.question, args.max_new_tokens))
     elif args.command == "export":
         from .export import export_merged
 
-        print(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
+        _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
+
+
+def _is_main_process() -> bool:
+    """`accelerate launch` runs the command in every process; only the main one speaks to the user. (Loading a
+    recipe sets up the launch's processes: its training arguments do.)"""
+    return PartialState().is_main_process
+
+
+def _say(text: str) -> None:
+    if _is_main_process():
+        print(text)
+
+
+def _log_on_main_process_only() -> None:
+    """Our progress lines (the data report, the stages') once per launch; transformers does so for its own logs."""
+    logging.getLogger("align").setLevel(logging.NOTSET if _is_main_process() else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

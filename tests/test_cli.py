@@ -2,8 +2,9 @@
 `--resume` continues from the last checkpoint."""
 
 import json
-
+import logging
 import pytest
+from accelerate import PartialState
 
 from align.cli import main
 
@@ -83,6 +84,26 @@ def test_resuming_a_finished_stage_trains_no_further(tmp_path):
     resaved = weights(out)
     assert resaved.keys() == finished.keys()
     assert all(resaved[name].equal(finished[name]) for name in finished)
+
+
+@pytest.fixture
+def align_log_level():
+    """`main` sets the align loggers' level for the process it runs in: put it back for the other tests."""
+    yield
+    logging.getLogger("align").setLevel(logging.NOTSET)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("main_process", [True, False])
+def test_only_the_main_process_reports(main_process, tmp_path, capsys, caplog, monkeypatch, align_log_level):
+    """`accelerate launch` runs the command in every process: the results and the data report come from one."""
+    monkeypatch.setattr(PartialState, "is_main_process", property(lambda state: main_process))
+    caplog.set_level(logging.INFO)
+    assert main(["sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path), "--save_strategy", "no", *FAST]) == 0
+    assert ("SFT results" in capsys.readouterr().out) == main_process
+    data_report = [record for record in caplog.records
+                   if record.name.startswith("align.data") and record.levelno == logging.INFO]
+    assert bool(data_report) == main_process
 
 
 def test_init_tiny_saves_a_loadable_base(tmp_path):
