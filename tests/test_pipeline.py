@@ -2,12 +2,15 @@
 loads with stock transformers (`JetMoeForCausalLM`, `AutoTokenizer` with the chat template) and generates."""
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, JetMoeForCausalLM
 
 from align.cli import main
+from align.recipes import load_pipeline, load_recipe
 
 
 @pytest.mark.slow
@@ -49,3 +52,25 @@ def test_resumed_pipeline_keeps_a_finished_sft_and_resumes_dpo(tmp_path):
     assert json.loads((dpo / "run.json").read_text())["resumed_from"].endswith("checkpoint-1")
     state = json.loads((dpo / "checkpoint-2" / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2]
+
+
+def header_commands(path: str) -> list[list[str]]:
+    """The commands a recipe's header comment shows (lines joined at a trailing backslash)."""
+    header = "\n".join(line.lstrip("# ") for line in Path(path).read_text().splitlines() if line.startswith("#"))
+    return [shlex.split(line) for line in header.replace("\\\n", " ").splitlines() if "accelerate launch" in line]
+
+
+def test_the_8b_pipeline_header_launches_deepspeed_stages_separately():
+    """accelerate refuses a second DeepSpeed trainer in one process, so a DeepSpeed `pipeline` launch fails at DPO:
+    the header's DeepSpeed commands run one stage each, writing where the pipeline would, DPO from the SFT output."""
+    path = "recipes/jetmoe-8b-chat/pipeline.yaml"
+    on_deepspeed = [command for command in header_commands(path) if "deepspeed" in " ".join(command)]
+    stages = [command[command.index("align") + 1:] for command in on_deepspeed]
+    assert [stage for stage, _ in stages] == ["sft", "dpo"]
+
+    on_cpu = {"use_cpu": True}  # the recipes ask for bf16, which TrainingArguments takes only on a GPU or with this
+    sft, dpo = (load_recipe(recipe, stage, on_cpu) for stage, recipe in stages)
+    pipeline_sft, pipeline_dpo = load_pipeline(path, on_cpu)
+    assert sft.training.output_dir == pipeline_sft.training.output_dir
+    assert dpo.training.output_dir == pipeline_dpo.training.output_dir
+    assert dpo.model.name_or_path == sft.training.output_dir
