@@ -9,7 +9,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .scatter_matmul import input_rows, scatter_mm, weight_grad
+from .scatter_matmul import (
+    NO_LORA,
+    SAVED_OPERANDS,
+    input_rows,
+    lora_prologue,
+    matmul_grads,
+    save_operands,
+    scatter_mm,
+)
 from .schedule import RoutingIndex, interpreting
 
 
@@ -106,42 +114,45 @@ class GateCombine(torch.autograd.Function):
 
 
 class ScatteredMatmulCombine(torch.autograd.Function):
-    """`out[t] = sum_j g[t, j] * W[e_j] x[row of slot t*k+j]`; `x` in grouped (`grouped_in`) or slot order."""
+    """`out[t] = sum_j g[t, j] * W[e_j] x[row of slot t*k+j]`; `x` in grouped (`grouped_in`) or slot order.
+
+    With a LoRA pair, each slot's row gets `s * B[e] A[e] x_lora` before the combine, as in `ScatteredMatmul`.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, gates, index: RoutingIndex, grouped_in: bool):
+    def forward(ctx, x, weight, gates, index: RoutingIndex, grouped_in: bool, x_lora, lora_A, lora_B, scaling):
         if x.shape[0] != index.slot_rows.shape[0]:
             raise ValueError("the combined matmul takes one input row per slot (grouped or slot order)")
         gates = gates.contiguous()
         in_rows = input_rows(x, index, grouped_in)
-        y = scatter_mm(x, weight, index, in_rows, index.slot_rows, index.slot_rows.shape[0])
-        ctx.save_for_backward(x, weight, gates, y if ctx.needs_input_grad[2] else None)  # y only feeds dgates
-        ctx.index, ctx.in_rows = index, in_rows
+        prologue = lora_prologue(x, x_lora, lora_A, lora_B, scaling, index, in_rows)
+        low_rank = None if prologue is None else (prologue[0], prologue[2])
+        y = scatter_mm(x, weight, index, in_rows, index.slot_rows, index.slot_rows.shape[0], low_rank=low_rank)
+        y_kept = y if ctx.needs_input_grad[2] else None  # y only feeds dgates
+        save_operands(ctx, index, in_rows, x, weight, (x_lora, lora_A, lora_B, scaling), prologue, gates, y_kept)
         return combine_forward(y, gates)
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight, gates, y = ctx.saved_tensors
-        index, in_rows = ctx.index, ctx.in_rows
+        gates, y = ctx.saved_tensors[SAVED_OPERANDS:]
         dout = dout.contiguous()
-        dx = dw = dg = None
-        if any(ctx.needs_input_grad[:2]):
+        needs = ctx.needs_input_grad
+        matmul_needs = needs[:2] + needs[5:8]
+        grads = (None,) * 5
+        if any(matmul_needs):
             # Grouped row r is slot s = slot_rows[r]: its output gradient is gates[s] * dout[s // k]. Built once in
             # grouped order ([T*k, H], small next to the matmuls): scaling inside the weight-gradient loop cost more
             # (274 against 432 TFLOP/s on an H100 at the JetMoE-8B shape).
-            dy = grouped_output_grad(dout, gates, index)
-            if ctx.needs_input_grad[0]:
-                dx = scatter_mm(dy, weight, index, None, in_rows, x.shape[0], transpose_weight=True)
-            if ctx.needs_input_grad[1]:
-                dw = weight_grad(x, dy, weight, index, in_rows, None)
-        if ctx.needs_input_grad[2]:
-            dg = gate_grad(y, dout, gates)
-        return dx, dw, dg, None, None
+            grads = matmul_grads(ctx, grouped_output_grad(dout, gates, ctx.index), None, matmul_needs)
+        dg = gate_grad(y, dout, gates) if needs[2] else None
+        dx, dw, dx_lora, da, db = grads
+        return dx, dw, dg, None, None, dx_lora, da, db, None
 
 
 def gate_combine(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     return GateCombine.apply(y, gates)
 
 
-def scattered_matmul_combine(x, weight, gates, index: RoutingIndex, grouped_in: bool = False):
-    return ScatteredMatmulCombine.apply(x, weight, gates, index, grouped_in)
+def scattered_matmul_combine(x, weight, gates, index: RoutingIndex, grouped_in: bool = False, *, lora=None):
+    """`lora`: None, or `(x_lora, A, B, scaling)` as `ScatteredMatmulCombine` takes them."""
+    return ScatteredMatmulCombine.apply(x, weight, gates, index, grouped_in, *(lora or NO_LORA))

@@ -64,6 +64,16 @@ def _configs() -> list[dict]:
     return [INTERPRETER_CONFIG] if interpreting() else [GPU_CONFIG, SMALL_CONFIG]
 
 
+def rank_block(size: int) -> int:
+    """A power of two covering `size`, at least 16 (`tl.dot`'s smallest operand dimension): a tile for a rank."""
+    return max(16, triton.next_power_of_2(size))
+
+
+def _narrowed(config: dict, n: int, k: int) -> dict:
+    """Tiles no larger than the gradient: LoRA's `[E, r, in]` and `[E, out, r]` have one side of only r."""
+    return dict(config, BLOCK_N=min(config["BLOCK_N"], rank_block(n)), BLOCK_K=min(config["BLOCK_K"], rank_block(k)))
+
+
 def grouped_dw(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -72,10 +82,15 @@ def grouped_dw(
     index: RoutingIndex,
     x_rows: torch.Tensor | None,
     dy_rows: torch.Tensor | None,
+    *,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`[E, N, K]` gradient; `x_rows`/`dy_rows` None mean the tensor is already in grouped order."""
+    """`[E, N, K]` gradient; `x_rows`/`dy_rows` None mean the tensor is already in grouped order.
+
+    `out`: the tensor to write (any strides, e.g. laid out as the weight it is the gradient of) instead of a new one.
+    """
     num_experts, n, k = weight_shape
-    dw = torch.empty(weight_shape, device=x.device, dtype=weight_dtype)
+    dw = torch.empty(weight_shape, device=x.device, dtype=weight_dtype) if out is None else out
     unused = index.slot_rows
 
     def launch(cfg):
@@ -91,5 +106,5 @@ def grouped_dw(
             **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    launch_first_fitting("grouped_dw", x.dtype, _configs(), launch)
+    launch_first_fitting("grouped_dw", x.dtype, [_narrowed(cfg, n, k) for cfg in _configs()], launch)
     return dw

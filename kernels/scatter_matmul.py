@@ -3,13 +3,19 @@
 Grouped row `r` (rows sorted by expert) reads its input from row `in_rows[r]` of `x` (token `t`, read k times,
 or slot `t*k+j`) and writes `out_rows[r]` of `y`, so no gathered copy of the activations is ever materialised.
 The same kernel computes the input gradient (`dx = dy @ W[e]`, the weight read transposed).
+
+A low-rank term rides along for LoRA: `y[r] = W[e] x[r] + V[e] l[r]`, with `l` `[T*k, R]` rank-R rows in grouped
+order computed beforehand (`l = A x` forward, `dy B` backward). The kernel starts its accumulator at
+`l[rows] @ V[e]^T` (one K=R dot), so a LoRA expert projection costs one full-width matmul plus rank-R work instead
+of three full-width passes. Starting the accumulator with it rather than adding it after the main loop measured
+faster on an H100: 0.88 against 1.50 ms of LoRA overhead per JetMoE-8B layer (`bench/bench_lora.py --projections`).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from .grouped_dw import grouped_dw
+from .grouped_dw import grouped_dw, rank_block
 from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
 
 
@@ -17,10 +23,12 @@ from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitt
 def _scatter_mm_kernel(
     X, W, Y, in_rows, out_rows, tile_start, tile_end, tile_expert,
     num_tiles, N, K,
-    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym, stride_yn,
-    IN_INDEXED: tl.constexpr, OUT_INDEXED: tl.constexpr, EVEN_K: tl.constexpr,
+    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym, stride_yn, scale,
+    L, V, R, stride_lm, stride_lr, stride_ve, stride_vn, stride_vr,
+    IN_INDEXED: tl.constexpr, OUT_INDEXED: tl.constexpr, EVEN_K: tl.constexpr, HAS_LOW_RANK: tl.constexpr,
     PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):  # fmt: skip
     # Grouped launch order: GROUP_M row tiles sweep the output columns together, so weight tiles stay in L2.
     pid = tl.program_id(0)
@@ -47,6 +55,16 @@ def _scatter_mm_kernel(
     x_ptrs = X + src.to(tl.int64)[:, None] * stride_xm + ks[None, :] * stride_xk
     w_ptrs = W + expert * stride_we + ks[:, None] * stride_wk + cols[None, :] * stride_wn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if HAS_LOW_RANK:  # acc starts as l[rows] @ V[e]^T, the rank padded to BLOCK_R (tl.dot needs 16) with zeros
+        rs = tl.arange(0, BLOCK_R)
+        r_mask = rs < R
+        l_ptrs = L + rows.to(tl.int64)[:, None] * stride_lm + rs[None, :] * stride_lr
+        v_ptrs = V + expert * stride_ve + rs[:, None] * stride_vr + cols[None, :] * stride_vn
+        low = tl.load(l_ptrs, mask=row_mask[:, None] & r_mask[None, :], other=0.0)
+        up = tl.load(v_ptrs, mask=r_mask[:, None] & col_mask[None, :], other=0.0)
+        if DOT_FP32:
+            low, up = low.to(tl.float32), up.to(tl.float32)
+        acc = tl.dot(low, up, acc, input_precision=PRECISION)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(x_ptrs, mask=row_mask[:, None], other=0.0)
@@ -60,6 +78,7 @@ def _scatter_mm_kernel(
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
+    acc = acc * scale
 
     dst = tl.load(out_rows + rows, mask=row_mask, other=0) if OUT_INDEXED else rows
     y_ptrs = Y + dst.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
@@ -70,11 +89,26 @@ def _scatter_mm_kernel(
 # 513-613 TFLOP/s on the JetMoE-8B matmuls against 448-536 for 128x128x64.
 GPU_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
 SMALL_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)  # float32 fallback
+# With the low-rank term's tiles the tuned config can exceed shared memory: one stage fewer keeps its tile shape.
+GPU_CONFIG_3_STAGES = dict(GPU_CONFIG, num_stages=3)
 INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)
 
 
 def _configs() -> list[dict]:
-    return [INTERPRETER_CONFIG] if interpreting() else [GPU_CONFIG, SMALL_CONFIG]
+    return [INTERPRETER_CONFIG] if interpreting() else [GPU_CONFIG, GPU_CONFIG_3_STAGES, SMALL_CONFIG]
+
+
+def _narrowed(config: dict, n: int) -> dict:
+    """Output tiles no wider than the output: the rank-r matmuls have N = r, far below the tuned 256 columns."""
+    return dict(config, BLOCK_N=min(config["BLOCK_N"], rank_block(n)))
+
+
+def _oriented(weight: torch.Tensor, transpose: bool) -> tuple[int, int, int, int, int]:
+    """`(n, k, stride_e, stride_n, stride_k)` of `weight` `[E, N, K]` applied as is, or as `[E, K, N]`."""
+    stride_e, stride_0, stride_1 = weight.stride()
+    if transpose:
+        return weight.shape[2], weight.shape[1], stride_e, stride_1, stride_0
+    return weight.shape[1], weight.shape[2], stride_e, stride_0, stride_1
 
 
 def scatter_mm(
@@ -86,21 +120,22 @@ def scatter_mm(
     num_out_rows: int,
     *,
     transpose_weight: bool = False,
+    scale: float = 1.0,
+    low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Launch the kernel. `in_rows`/`out_rows` None mean grouped order.
 
     With `transpose_weight`, `weight` `[E, N, K]` is applied as `[E, K, N]`: the input gradient of the forward.
+    `scale` multiplies the result: LoRA's scaling, applied where it is cheapest, on the rank-r rows (`A x`, `dy B`).
+    `low_rank` `(l, v)` adds `v[e] @ l[r]` to grouped row r: `l` `[T*k, R]` in grouped order, `v` laid out as
+    `weight` with R for its input dimension (`[E, N, R]`, or `[E, R, N]` with `transpose_weight`).
     """
-    if transpose_weight:
-        stride_we, stride_wk, stride_wn = weight.stride()
-        n, k = weight.shape[2], weight.shape[1]
-    else:
-        stride_we, stride_wn, stride_wk = weight.stride()
-        n, k = weight.shape[1], weight.shape[2]
+    n, k, stride_we, stride_wn, stride_wk = _oriented(weight, transpose_weight)
     assert x.shape[1] == k, (x.shape, weight.shape, transpose_weight)
     y = torch.empty(num_out_rows, n, device=x.device, dtype=x.dtype)
     if out_rows is not None and num_out_rows > index.slot_rows.shape[0]:
         raise ValueError("scattered outputs cannot hold more rows than routed slots")
+    low_rank_args = _low_rank_args(low_rank, x, weight.shape[0], n, transpose_weight)
 
     def launch(cfg):
         plan = index.tiles(cfg["BLOCK_M"])
@@ -111,13 +146,30 @@ def scatter_mm(
             out_rows if out_rows is not None else index.slot_rows,
             plan.row_start, plan.row_end, plan.expert,
             plan.num_tiles, n, k,
-            x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1),
+            x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1), scale,
             IN_INDEXED=in_rows is not None, OUT_INDEXED=out_rows is not None,
-            EVEN_K=k % cfg["BLOCK_K"] == 0, **dot_options(x.dtype), **cfg,
+            EVEN_K=k % cfg["BLOCK_K"] == 0, **low_rank_args, **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    launch_first_fitting("scatter_mm", x.dtype, _configs(), launch)
+    launch_first_fitting("scatter_mm", x.dtype, [_narrowed(cfg, n) for cfg in _configs()], launch)
     return y
+
+
+def _low_rank_args(low_rank, x: torch.Tensor, num_experts: int, n: int, transpose: bool) -> dict:
+    """The kernel's low-rank arguments for `low_rank = (l, v)`, checked against the main matmul's shape.
+
+    Without a low-rank term the pointers are placeholders (`x`) that the kernel never reads.
+    """
+    if low_rank is None:
+        strides = dict(stride_lm=0, stride_lr=0, stride_ve=0, stride_vn=0, stride_vr=0)
+        return dict(L=x, V=x, R=0, **strides, HAS_LOW_RANK=False, BLOCK_R=16)
+    rows, up = low_rank
+    up_n, rank, stride_ve, stride_vn, stride_vr = _oriented(up, transpose)
+    if (up.shape[0], up_n, rows.shape[1]) != (num_experts, n, rank):
+        raise ValueError(f"low-rank rows {tuple(rows.shape)} and weight {tuple(up.shape)} do not fit the matmul")
+    strides = dict(stride_lm=rows.stride(0), stride_lr=rows.stride(1), stride_ve=stride_ve, stride_vn=stride_vn,
+                   stride_vr=stride_vr)  # fmt: skip
+    return dict(L=rows, V=up, R=rank, **strides, HAS_LOW_RANK=True, BLOCK_R=rank_block(rank))
 
 
 def input_rows(x: torch.Tensor, index: RoutingIndex, grouped: bool) -> torch.Tensor | None:
@@ -131,8 +183,8 @@ def input_rows(x: torch.Tensor, index: RoutingIndex, grouped: bool) -> torch.Ten
 
 
 def weight_grad(x, dy, weight, index, x_rows, dy_rows):
-    """`dW[e] = sum_r dy[dy_rows[r]]^T x[x_rows[r]]` over expert e's grouped rows."""
-    return grouped_dw(x, dy, weight.shape, weight.dtype, index, x_rows, dy_rows)
+    """`dW[e] = sum_r dy[dy_rows[r]]^T x[x_rows[r]]` over expert e's grouped rows, in `weight`'s dtype and strides."""
+    return grouped_dw(x, dy, weight.shape, weight.dtype, index, x_rows, dy_rows, out=torch.empty_like(weight))
 
 
 def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -143,35 +195,91 @@ def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return dx_slots.view(num_tokens, top_k, -1).sum(1)  # PyTorch sums 16-bit floats in float32
 
 
+def input_grad(dy, weight, index: RoutingIndex, dy_rows, in_rows, num_rows: int, low_rank=None) -> torch.Tensor:
+    """`dx = dy W[e]` (plus the `low_rank` term) back in the rows the input was read from."""
+    # Token rows are read k times: write per-slot gradients, then sum them per token.
+    token_input = in_rows is index.token_rows
+    dx_rows = index.slot_rows if token_input else in_rows
+    num_slots = index.slot_rows.shape[0]
+    dx = scatter_mm(dy, weight, index, dy_rows, dx_rows, num_slots, transpose_weight=True, low_rank=low_rank)
+    return reduce_token_slots(dx, num_rows) if token_input else dx
+
+
+SAVED_OPERANDS = 8  # tensors `save_operands` keeps ahead of a Function's own
+
+
+def lora_prologue(x, x_lora, lora_A, lora_B, scaling: float, index: RoutingIndex, in_rows) -> tuple | None:
+    """`(l, A, B)`: the rank-r rows `l[r] = s * A[e] x_lora[r]` (grouped order) and the factors as the kernels read
+    them, in `x`'s dtype and `B` contiguous (PEFT's layout interleaves the experts). None without LoRA."""
+    if lora_A is None:
+        return None
+    lora_A, lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype, memory_format=torch.contiguous_format)
+    rows = scatter_mm(x_lora, lora_A, index, in_rows, None, index.slot_rows.shape[0], scale=scaling)
+    return rows, lora_A, lora_B
+
+
+def save_operands(ctx, index: RoutingIndex, in_rows, x, weight, lora: tuple, prologue, *extra) -> None:
+    """Keeps what `matmul_grads` reads; `extra` tensors are saved after them (`ctx.saved_tensors[SAVED_OPERANDS:]`)."""
+    x_lora, lora_A, lora_B, scaling = lora
+    ctx.save_for_backward(x, weight, x_lora, lora_A, lora_B, *(prologue or (None, None, None)), *extra)
+    ctx.index, ctx.in_rows, ctx.scaling, ctx.lora_reads_x = index, in_rows, scaling, x_lora is x
+
+
+def matmul_grads(ctx, dy: torch.Tensor, dy_rows, needs) -> tuple:
+    """`(dx, dW, dx_lora, dA, dB)` of `y = W[e] x + s * B[e] A[e] x_lora` from `dy` in rows `dy_rows` (None: grouped).
+
+    `needs` says which of the five are wanted. LoRA's rank-r output gradient `dl = s * dy B[e]` comes first: when
+    the LoRA input is `x` itself (no dropout), the input gradient's matmul adds `dl A[e]`; otherwise
+    `dx_lora` is its own rank-r matmul. `dA` and `dB` come out in the dtype and strides of the factors given
+    (PEFT's float32 views), so nothing is cast or permuted after. A LoRA layer's base weight is frozen: no `dW`.
+    """
+    x, weight, x_lora, lora_A, lora_B, rows, kernel_A, kernel_B = ctx.saved_tensors[:SAVED_OPERANDS]
+    index, in_rows = ctx.index, ctx.in_rows
+    want_dx, want_dw, want_dx_lora, want_da, want_db = needs
+    num_slots = index.slot_rows.shape[0]
+    d_rows = None
+    if lora_A is not None and (want_dx or want_dx_lora or want_da):
+        d_rows = scatter_mm(dy, kernel_B, index, dy_rows, None, num_slots, transpose_weight=True, scale=ctx.scaling)
+    fused = (d_rows, kernel_A) if d_rows is not None and ctx.lora_reads_x else None
+    dx = input_grad(dy, weight, index, dy_rows, in_rows, x.shape[0], fused) if want_dx else None
+    dw = weight_grad(x, dy, weight, index, in_rows, dy_rows) if want_dw else None
+    dx_lora = None
+    if want_dx_lora and not ctx.lora_reads_x:
+        dx_lora = input_grad(d_rows, kernel_A, index, None, in_rows, x_lora.shape[0])
+    da = weight_grad(x_lora, d_rows, lora_A, index, in_rows, None) if want_da else None
+    db = weight_grad(rows, dy, lora_B, index, None, dy_rows) if want_db else None
+    return dx, dw, dx_lora, da, db
+
+
 class ScatteredMatmul(torch.autograd.Function):
-    """Autograd for `scatter_mm`: x in grouped/slot/token rows, y `[T*k, N]` in grouped or slot order."""
+    """Autograd for `scatter_mm`: x in grouped/slot/token rows, y `[T*k, N]` in grouped or slot order.
+
+    With a LoRA pair, `y[r] += s * B[e] A[e] x_lora[r]` (`A` `[E, rank, K]`, `B` `[E, N, rank]`, any float dtype
+    and strides; `x_lora` read in the same rows as `x`), added inside the matmul.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, index: RoutingIndex, grouped_in: bool, grouped_out: bool):
+    def forward(ctx, x, weight, index: RoutingIndex, grouped_in, grouped_out, x_lora, lora_A, lora_B, scaling):
         in_rows = input_rows(x, index, grouped_in)
         out_rows = None if grouped_out else index.slot_rows
-        y = scatter_mm(x, weight, index, in_rows, out_rows, index.slot_rows.shape[0])
-        ctx.save_for_backward(x, weight)
-        ctx.index, ctx.in_rows, ctx.out_rows = index, in_rows, out_rows
-        return y
+        prologue = lora_prologue(x, x_lora, lora_A, lora_B, scaling, index, in_rows)
+        save_operands(ctx, index, in_rows, x, weight, (x_lora, lora_A, lora_B, scaling), prologue)
+        ctx.out_rows = out_rows
+        low_rank = None if prologue is None else (prologue[0], prologue[2])
+        return scatter_mm(x, weight, index, in_rows, out_rows, index.slot_rows.shape[0], low_rank=low_rank)
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        index, in_rows, out_rows = ctx.index, ctx.in_rows, ctx.out_rows
-        dy = dy.contiguous()
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            token_input = in_rows is index.token_rows
-            # Token rows are read k times: write per-slot gradients, then sum them per token.
-            dx_rows = index.slot_rows if token_input else in_rows
-            dx = scatter_mm(dy, weight, index, out_rows, dx_rows, index.slot_rows.shape[0], transpose_weight=True)
-            if token_input:
-                dx = reduce_token_slots(dx, x.shape[0])
-        if ctx.needs_input_grad[1]:
-            dw = weight_grad(x, dy, weight, index, in_rows, out_rows)
-        return dx, dw, None, None, None
+        needs = ctx.needs_input_grad
+        dx, dw, dx_lora, da, db = matmul_grads(ctx, dy.contiguous(), ctx.out_rows, needs[:2] + needs[5:8])
+        return dx, dw, None, None, None, dx_lora, da, db, None
 
 
-def scattered_matmul(x, weight, index: RoutingIndex, grouped_in: bool = False, grouped_out: bool = False):
-    return ScatteredMatmul.apply(x, weight, index, grouped_in, grouped_out)
+NO_LORA = (None, None, None, 1.0)
+
+
+def scattered_matmul(
+    x, weight, index: RoutingIndex, grouped_in: bool = False, grouped_out: bool = False, *, lora=None
+):
+    """`lora`: None, or `(x_lora, A, B, scaling)` as `ScatteredMatmul` takes them."""
+    return ScatteredMatmul.apply(x, weight, index, grouped_in, grouped_out, *(lora or NO_LORA))
