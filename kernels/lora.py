@@ -6,13 +6,30 @@ launch the same kernels as `triton_backend.expert_mlp` and friends.
 
 The LoRA update of expert e is `s * B_e (A_e x)` with `A` `[E, r, in]` and `B` `[E, out, r]`: two grouped matmuls of
 rank r through the same routing as the base weight. A dense `W_e + s * B_e A_e` is never built, so a training
-step costs `O(rows * r * (in + out))` extra, not `O(E * out * in)`.
+step costs `O(rows * r * (in + out))` extra, not `O(E * out * in)`. On Triton the up projection is fused into the
+base matmul (and its backward into the input gradient's matmul), so no `[T*k, out]` update is written, added or
+combined on its own; the PyTorch backend computes base, update and combine one after the other: the oracle.
 """
+
+from typing import NamedTuple
 
 import torch
 
 from .reference import scattered_experts_reference
 from .routing import Routing
+
+
+class ExpertLora(NamedTuple):
+    """One LoRA pair on an expert weight: `scaling * B_e (A_e x)` added to every routed row.
+
+    The factors may be in another dtype than `x` and strided (PEFT's float32 adapters, viewed per expert): they are
+    cast for the matmuls, and their gradients come back in their own dtype.
+    """
+
+    x: torch.Tensor  # LoRA's input, in the same rows as the base input (itself, or after LoRA's dropout)
+    A: torch.Tensor  # [E, r, in]
+    B: torch.Tensor  # [E, out, r]
+    scaling: float
 
 
 def scattered_experts(
@@ -24,24 +41,35 @@ def scattered_experts(
     grouped_out: bool = False,
     gates: torch.Tensor | None = None,
     backend: str = "torch",
+    lora: ExpertLora | None = None,
 ) -> torch.Tensor:
-    """`y[r] = weight[expert(r)] @ x[r]` for every routed row, on the chosen backend.
+    """`y[r] = weight[expert(r)] @ x[r]` for every routed row, on the chosen backend; plus `lora`'s update.
 
-    Same arguments and orders as `scattered_experts_reference`, which the "torch" backend runs.
+    Same arguments and orders as `scattered_experts_reference`, which the "torch" backend runs. With gates, the
+    LoRA update is added to each slot's row before the combine.
     """
+    if gates is not None and grouped_out:
+        raise ValueError("gates combine slots per token, so they need slot-order output (grouped_out=False)")
     if backend != "triton":
-        return scattered_experts_reference(
-            x, weight, routing, grouped_in=grouped_in, grouped_out=grouped_out, gates=gates
-        )
+        return _reference_with_lora(x, weight, routing, grouped_in, grouped_out, gates, lora)
     from .combine import scattered_matmul_combine
     from .scatter_matmul import scattered_matmul
     from .schedule import routing_index
 
+    index = routing_index(routing)
     if gates is None:
-        return scattered_matmul(x, weight, routing_index(routing), grouped_in=grouped_in, grouped_out=grouped_out)
-    if grouped_out:
-        raise ValueError("gates combine slots per token, so they need slot-order output (grouped_out=False)")
-    return scattered_matmul_combine(x, weight, gates, routing_index(routing), grouped_in=grouped_in)
+        return scattered_matmul(x, weight, index, grouped_in=grouped_in, grouped_out=grouped_out, lora=lora)
+    return scattered_matmul_combine(x, weight, gates, index, grouped_in=grouped_in, lora=lora)
+
+
+def _reference_with_lora(x, weight, routing, grouped_in, grouped_out, gates, lora) -> torch.Tensor:
+    """The PyTorch oracle: base rows, plus the LoRA update as its own two rank-r matmuls, then the combine."""
+    layout = dict(grouped_in=grouped_in, grouped_out=grouped_out)
+    if lora is None:
+        return scattered_experts_reference(x, weight, routing, **layout, gates=gates)
+    y = scattered_experts_reference(x, weight, routing, **layout)
+    y = y + expert_lora_delta(lora.x, lora.A, lora.B, lora.scaling, routing, **layout)
+    return y if gates is None else combine_slots(y, gates)
 
 
 def combine_slots(y: torch.Tensor, gates: torch.Tensor, backend: str = "torch") -> torch.Tensor:
@@ -80,10 +108,11 @@ def expert_lora_delta(
     """`s * B_e (A_e x)` for every routed row, laid out as `scattered_experts` lays out the same call (no gates).
 
     Args:
-        lora_A: `[E, r, in]`, each expert's down projection.
+        lora_A: `[E, r, in]`, each expert's down projection (cast to `x`'s dtype, as is `lora_B`).
         lora_B: `[E, out, r]`, each expert's up projection.
         scaling: LoRA's `alpha / r` (or `alpha / sqrt(r)` for rsLoRA); applied to the rank-r rows, the cheapest place.
     """
+    lora_A, lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype)
     low_rank = scattered_experts(x, lora_A, routing, grouped_in=grouped_in, grouped_out=True, backend=backend)
     return scattered_experts(
         low_rank * scaling, lora_B, routing, grouped_in=True, grouped_out=grouped_out, backend=backend

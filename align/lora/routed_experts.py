@@ -2,8 +2,9 @@
 
 It is PEFT's `ParamWrapper` — same `lora_A` `[r*E, in]` / `lora_B` `[out, r*E]` parameters, same state-dict keys,
 same merge — so an adapter trained with it is an ordinary PEFT adapter. Only the forward differs: stock
-`ParamWrapper` folds `W + s*BA` for every expert on every call; this one adds two rank-r grouped matmuls
-(`kernels.lora.expert_lora_delta`) on the rows each expert actually receives.
+`ParamWrapper` folds `W + s*BA` for every expert on every call; this one adds `s*B_e (A_e x)` on the rows each
+expert actually receives (`kernels.lora.scattered_experts` with a LoRA pair: on Triton, fused into the base
+expert matmul).
 """
 
 import copy
@@ -13,21 +14,19 @@ from peft.tuners.lora.layer import ParamWrapper
 from torch import nn
 
 from kernels import Routing
-from kernels.lora import combine_slots, expert_lora_delta
+from kernels.lora import ExpertLora, combine_slots, expert_lora_delta, scattered_experts
 
 
 def expert_factors(lora_A: torch.Tensor, lora_B: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """PEFT's `ParamWrapper` layout as per-expert factors: `A` `[E, r, in]` and `B` `[E, out, r]`.
+    """PEFT's `ParamWrapper` layout as per-expert factors: `A` `[E, r, in]` and `B` `[E, out, r]`, views (no copy).
 
     PEFT stacks the experts' `A_e` row-blocks expert-major (`lora_A[e*r + j]`) but interleaves `B`'s columns
     expert-minor (`lora_B[:, j*E + e]`). Gradients flow back to PEFT's own parameters through both.
     """
     out_features, stacked_rank = lora_B.shape
     rank = stacked_rank // num_experts
-    return (
-        lora_A.view(num_experts, rank, lora_A.shape[-1]),
-        lora_B.view(out_features, rank, num_experts).permute(2, 0, 1).contiguous(),  # small: kernels read it whole
-    )
+    per_expert_A = lora_A.view(num_experts, rank, lora_A.shape[-1])
+    return per_expert_A, lora_B.view(out_features, rank, num_experts).permute(2, 0, 1)
 
 
 class RoutedExpertLora(ParamWrapper):
@@ -42,8 +41,8 @@ class RoutedExpertLora(ParamWrapper):
     def forward(self, x: torch.Tensor, routing: Routing, *, gates=None, **layout) -> torch.Tensor:
         """Same call as `ParallelExperts.forward`; `layout` carries `backend` and `grouped_in`/`grouped_out`.
 
-        With gates, base and LoRA rows are summed first and combined once: combining each separately would keep
-        a second `[T*k, out]` activation for the backward.
+        One active adapter (training): its update goes through the base matmul (fused on Triton) and, with gates,
+        base and LoRA rows are combined once.
         """
         self._check_forward_args(x, routing, **layout)
         if self.disable_adapters and self.merged:
@@ -51,14 +50,22 @@ class RoutedExpertLora(ParamWrapper):
         adapters = [name for name in self.active_adapters if name in self.lora_A]
         if self.disable_adapters or self.merged or not adapters:
             return self.base_layer(x, routing, gates=gates, **layout)
+        if len(adapters) > 1:
+            return self._several_adapters(x, routing, adapters, gates, layout)
+        return scattered_experts(x, self.get_param(), routing, gates=gates, lora=self._expert_lora(adapters[0], x),
+                                 **layout)  # fmt: skip
+
+    def _expert_lora(self, adapter: str, x: torch.Tensor) -> ExpertLora:
+        """The adapter's per-expert factors (views of its parameters) and its input (after LoRA dropout)."""
+        lora_A, lora_B = expert_factors(self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.num_experts)
+        return ExpertLora(self.lora_dropout[adapter](x), lora_A, lora_B, self.scaling[adapter])
+
+    def _several_adapters(self, x, routing: Routing, adapters: list[str], gates, layout: dict) -> torch.Tensor:
+        """Adapters active together (PEFT allows it): each update summed onto the base rows, then combined once."""
         result = self.base_layer(x, routing, **layout)
         for adapter in adapters:
-            lora_A, lora_B = expert_factors(
-                self.lora_A[adapter].weight.to(x.dtype), self.lora_B[adapter].weight.to(x.dtype), self.num_experts
-            )
-            result = result + expert_lora_delta(
-                self.lora_dropout[adapter](x), lora_A, lora_B, self.scaling[adapter], routing, **layout
-            )
+            lora = self._expert_lora(adapter, x)
+            result = result + expert_lora_delta(lora.x, lora.A, lora.B, lora.scaling, routing, **layout)
         return result if gates is None else combine_slots(result, gates, layout["backend"])
 
 
