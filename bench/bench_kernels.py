@@ -17,7 +17,7 @@ import kernels
 from kernels import grouped_dw as dw_module
 from kernels import scatter_matmul as mm_module
 from kernels.combine import scattered_matmul_combine
-from kernels.glu import silu_glu
+from kernels.glu import scattered_matmul_silu_glu, silu_glu
 from kernels.scatter_matmul import scatter_mm, scattered_matmul
 from kernels.schedule import routing_index
 
@@ -54,6 +54,11 @@ def make_inputs(shape=SHAPE, seed=0):
     )  # fmt: skip
 
 
+def glu_reference(ab):
+    a, b = ab.chunk(2, -1)
+    return F.silu(a) * b
+
+
 def kernel_cases(inp):
     """name -> (triton fn, reference fn, inputs needing grad, forward matmul FLOPs)."""
     r, x, slots, hid, ab = inp["routing"], inp["x"], inp["slots"], inp["grouped_h"], inp["ab"]
@@ -65,7 +70,11 @@ def kernel_cases(inp):
         "mlp input (token->grouped)": (
             lambda: scattered_matmul(x, w_in, ix, grouped_out=True),
             lambda: ref(x, w_in, r, grouped_out=True), (x, w_in), 2 * rows * w_in.shape[1] * w_in.shape[2]),
-        "SiLU-GLU": (lambda: silu_glu(ab), lambda: F.silu(ab.chunk(2, -1)[0]) * ab.chunk(2, -1)[1], (ab,), 0),
+        "SiLU-GLU": (lambda: silu_glu(ab), lambda: glu_reference(ab), (ab,), 0),
+        "mlp input + SiLU-GLU epilogue": (
+            lambda: scattered_matmul_silu_glu(x, w_in, ix),
+            lambda: glu_reference(ref(x, w_in, r, grouped_out=True)), (x, w_in),
+            2 * rows * w_in.shape[1] * w_in.shape[2]),
         "mlp output + gate combine": (
             lambda: scattered_matmul_combine(hid, w_out, r.gates, ix, grouped_in=True),
             lambda: ref(hid, w_out, r, grouped_in=True, gates=r.gates), (hid, w_out),
@@ -120,6 +129,7 @@ def kernel_table(results: list[dict]) -> str:
 # dy by the gate inside its loop, since dropped). Loading dy as its transpose, 256-wide or 128-row dW tiles: no gain.
 MM_CANDIDATES = [
     dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
 ]
 DW_CANDIDATES = [
     dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),

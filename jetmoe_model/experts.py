@@ -12,7 +12,7 @@ from transformers.activations import ACT2FN
 
 import kernels
 from kernels import Routing
-from kernels.lora import glu, scattered_experts
+from kernels.lora import scattered_experts
 
 from .layers import resolve_backend
 
@@ -33,11 +33,18 @@ class ParallelExperts(nn.Module):
         grouped_in: bool = False,
         grouped_out: bool = False,
         gates: torch.Tensor | None = None,
+        glu_activation=None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Each routed row times its expert's weight; rows and orders as in `kernels.scattered_experts_reference`."""
+        """Each routed row times its expert's weight; rows and orders as in `kernels.scattered_experts_reference`.
+
+        `glu_activation` returns `act(a) * b` of the output's halves instead (the MLP's input projection); `bias`
+        is added to the gate-combined token rows (the output projections; the layer owns it).
+        """
         return scattered_experts(
-            x, self.weight, routing, grouped_in=grouped_in, grouped_out=grouped_out, gates=gates, backend=backend
-        )
+            x, self.weight, routing, grouped_in=grouped_in, grouped_out=grouped_out, gates=gates, backend=backend,
+            glu_activation=glu_activation, bias=bias,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         # Under ZeRO-3 `.weight` is this rank's (empty) shard; `ds_shape` is the full one.
@@ -76,9 +83,9 @@ class MoEMLP(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         backend = resolve_backend(self.backend, x.device)
         routing, logits = self.router(flat, backend)
-        hidden = glu(self.input_linear(flat, routing, backend=backend, grouped_out=True), self.activation, backend)
-        out = self.output_linear(hidden, routing, backend=backend, grouped_in=True, gates=routing.gates)
-        return (out + self.bias).view_as(x), logits
+        hidden = self.input_linear(flat, routing, backend=backend, grouped_out=True, glu_activation=self.activation)
+        out = self.output_linear(hidden, routing, backend=backend, grouped_in=True, gates=routing.gates, bias=self.bias)
+        return out.view_as(x), logits
 
 
 class MoAExperts(nn.Module):
@@ -105,5 +112,7 @@ class MoAExperts(nn.Module):
         """Output projection of each slot's attention `[B, L, k, attn_size]`, gate-weighted, plus bias."""
         batch, length, top_k, attn_size = attn.shape
         backend = resolve_backend(self.backend, attn.device)
-        out = self.output_linear(attn.reshape(-1, attn_size), routing, backend=backend, gates=routing.gates)
-        return out.view(batch, length, -1) + self.bias
+        out = self.output_linear(
+            attn.reshape(-1, attn_size), routing, backend=backend, gates=routing.gates, bias=self.bias
+        )
+        return out.view(batch, length, -1)

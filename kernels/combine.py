@@ -22,11 +22,13 @@ from .schedule import RoutingIndex, interpreting
 
 
 @triton.jit
-def _combine_fwd_kernel(Y, G, OUT, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
+def _combine_fwd_kernel(Y, G, BIAS, OUT, H, TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < H
     acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + cols, mask=mask, other=0.0).to(tl.float32)
     for j in tl.static_range(TOP_K):
         gate = tl.load(G + token * TOP_K + j).to(tl.float32)
         y = tl.load(Y + (token * TOP_K + j) * H + cols, mask=mask, other=0.0).to(tl.float32)
@@ -64,14 +66,16 @@ def _block_h(hidden: int) -> int:
     return 16 if interpreting() else min(1024, triton.next_power_of_2(hidden))
 
 
-def combine_forward(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+def combine_forward(y: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`out[t] = sum_j gates[t, j] * y[t*k + j] (+ bias)`, summed in float32."""
     num_tokens, top_k = gates.shape
     hidden = y.shape[1]
     out = torch.empty(num_tokens, hidden, device=y.device, dtype=y.dtype)
     block_h = _block_h(hidden)
     _combine_fwd_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
-        y, gates, out, hidden, TOP_K=top_k, BLOCK_H=block_h
-    )
+        y, gates, bias if bias is not None else y, out, hidden, TOP_K=top_k, HAS_BIAS=bias is not None,
+        BLOCK_H=block_h,
+    )  # fmt: skip
     return out
 
 
@@ -114,13 +118,14 @@ class GateCombine(torch.autograd.Function):
 
 
 class ScatteredMatmulCombine(torch.autograd.Function):
-    """`out[t] = sum_j g[t, j] * W[e_j] x[row of slot t*k+j]`; `x` in grouped (`grouped_in`) or slot order.
+    """`out[t] = sum_j g[t, j] * W[e_j] x[row of slot t*k+j] + bias`; `x` in grouped (`grouped_in`) or slot order.
 
     With a LoRA pair, each slot's row gets `s * B[e] A[e] x_lora` before the combine, as in `ScatteredMatmul`.
+    The output bias (JetMoE's experts share one) is added in the combine's pass instead of one of its own.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, gates, index: RoutingIndex, grouped_in: bool, x_lora, lora_A, lora_B, scaling):
+    def forward(ctx, x, weight, gates, index: RoutingIndex, grouped_in: bool, x_lora, lora_A, lora_B, scaling, bias):
         if x.shape[0] != index.slot_rows.shape[0]:
             raise ValueError("the combined matmul takes one input row per slot (grouped or slot order)")
         gates = gates.contiguous()
@@ -130,7 +135,8 @@ class ScatteredMatmulCombine(torch.autograd.Function):
         y = scatter_mm(x, weight, index, in_rows, index.slot_rows, index.slot_rows.shape[0], low_rank=low_rank)
         y_kept = y if ctx.needs_input_grad[2] else None  # y only feeds dgates
         save_operands(ctx, index, in_rows, x, weight, (x_lora, lora_A, lora_B, scaling), prologue, gates, y_kept)
-        return combine_forward(y, gates)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return combine_forward(y, gates, bias)
 
     @staticmethod
     def backward(ctx, dout):
@@ -145,14 +151,17 @@ class ScatteredMatmulCombine(torch.autograd.Function):
             # (274 against 432 TFLOP/s on an H100 at the JetMoE-8B shape).
             grads = matmul_grads(ctx, grouped_output_grad(dout, gates, ctx.index), None, matmul_needs)
         dg = gate_grad(y, dout, gates) if needs[2] else None
+        dbias = dout.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if needs[9] else None
         dx, dw, dx_lora, da, db = grads
-        return dx, dw, dg, None, None, dx_lora, da, db, None
+        return dx, dw, dg, None, None, dx_lora, da, db, None, dbias
 
 
 def gate_combine(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     return GateCombine.apply(y, gates)
 
 
-def scattered_matmul_combine(x, weight, gates, index: RoutingIndex, grouped_in: bool = False, *, lora=None):
-    """`lora`: None, or `(x_lora, A, B, scaling)` as `ScatteredMatmulCombine` takes them."""
-    return ScatteredMatmulCombine.apply(x, weight, gates, index, grouped_in, *(lora or NO_LORA))
+def scattered_matmul_combine(
+    x, weight, gates, index: RoutingIndex, grouped_in: bool = False, *, lora=None, bias=None
+):  # fmt: skip
+    """`lora`: None, or `(x_lora, A, B, scaling)` as `ScatteredMatmulCombine` takes them; `bias` `[N]` or None."""
+    return ScatteredMatmulCombine.apply(x, weight, gates, index, grouped_in, *(lora or NO_LORA), bias)

@@ -2,13 +2,17 @@
 
 Unfused, PyTorch reads and writes the `[rows, 2*ffn]` activations several times (chunk, silu, multiply, and as
 many again in backward); here each pass reads its inputs once, computes in float32, and writes once.
+
+`scattered_matmul_silu_glu` goes further for the MLP experts: the GLU runs in the epilogue of the input projection
+(`kernels.scatter_matmul`), so `[a, b]` is never read back; it is written only when a backward will need it.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from .schedule import interpreting
+from .scatter_matmul import NO_LORA, SAVED_OPERANDS, input_rows, matmul_grads, save_operands, scatter_mm
+from .schedule import RoutingIndex, interpreting
 
 
 @triton.jit
@@ -84,3 +88,29 @@ class SiluGLU(torch.autograd.Function):
 
 def silu_glu(ab: torch.Tensor) -> torch.Tensor:
     return SiluGLU.apply(ab)
+
+
+class ScatteredMatmulSiluGLU(torch.autograd.Function):
+    """`h = silu(a) * b` for `[a, b] = W[e] x` per routed row, grouped rows out; saves `[a, b]` when `keep_ab`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, index: RoutingIndex, grouped_in: bool, keep_ab: bool):
+        in_rows = input_rows(x, index, grouped_in)
+        rows = index.slot_rows.shape[0]
+        ab = torch.empty(rows, weight.shape[1], device=x.device, dtype=x.dtype) if keep_ab else None
+        h = scatter_mm(x, weight, index, in_rows, None, rows, silu_glu=True, keep_ab=ab)
+        save_operands(ctx, index, in_rows, x, weight, NO_LORA, None, ab)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        (ab,) = ctx.saved_tensors[SAVED_OPERANDS:]
+        dab = silu_glu_backward(ab, dh.contiguous())
+        dx, dw, *_ = matmul_grads(ctx, dab, None, ctx.needs_input_grad[:2] + (False, False, False))
+        return dx, dw, None, None, None
+
+
+def scattered_matmul_silu_glu(x, weight, index: RoutingIndex, grouped_in: bool = False) -> torch.Tensor:
+    """The MLP experts' input projection and SiLU-GLU in one kernel; `[a, b]` is kept only if autograd records."""
+    keep_ab = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return ScatteredMatmulSiluGLU.apply(x, weight, index, grouped_in, keep_ab)

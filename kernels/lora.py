@@ -42,16 +42,25 @@ def scattered_experts(
     gates: torch.Tensor | None = None,
     backend: str = "torch",
     lora: ExpertLora | None = None,
+    glu_activation=None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`y[r] = weight[expert(r)] @ x[r]` for every routed row, on the chosen backend; plus `lora`'s update.
 
     Same arguments and orders as `scattered_experts_reference`, which the "torch" backend runs. With gates, the
-    LoRA update is added to each slot's row before the combine.
+    LoRA update is added to each slot's row before the combine. With `glu_activation` (grouped output only), the
+    result is `act(a) * b` of its two halves `[a, b]`: on Triton, SiLU without LoRA runs in the matmul's epilogue.
+    `bias` (with gates only) is added to each token's combined row; on Triton, in the combine's pass.
     """
     if gates is not None and grouped_out:
         raise ValueError("gates combine slots per token, so they need slot-order output (grouped_out=False)")
+    if bias is not None and gates is None:
+        raise ValueError("the output bias is added to the combined token rows: it needs gates")
+    if glu_activation is not None:
+        return _with_glu(x, weight, routing, grouped_in, grouped_out, backend, lora, glu_activation)
     if backend != "triton":
-        return _reference_with_lora(x, weight, routing, grouped_in, grouped_out, gates, lora)
+        out = _reference_with_lora(x, weight, routing, grouped_in, grouped_out, gates, lora)
+        return out if bias is None else out + bias
     from .combine import scattered_matmul_combine
     from .scatter_matmul import scattered_matmul
     from .schedule import routing_index
@@ -59,7 +68,21 @@ def scattered_experts(
     index = routing_index(routing)
     if gates is None:
         return scattered_matmul(x, weight, index, grouped_in=grouped_in, grouped_out=grouped_out, lora=lora)
-    return scattered_matmul_combine(x, weight, gates, index, grouped_in=grouped_in, lora=lora)
+    return scattered_matmul_combine(x, weight, gates, index, grouped_in=grouped_in, lora=lora, bias=bias)
+
+
+def _with_glu(x, weight, routing, grouped_in, grouped_out, backend, lora, activation) -> torch.Tensor:
+    if not grouped_out:
+        raise ValueError("the GLU takes the input projection's [a, b] rows in grouped order (grouped_out=True)")
+    if backend == "triton" and lora is None:
+        from .glu import scattered_matmul_silu_glu
+        from .schedule import routing_index
+        from .triton_backend import is_silu
+
+        if is_silu(activation):
+            return scattered_matmul_silu_glu(x, weight, routing_index(routing), grouped_in=grouped_in)
+    ab = scattered_experts(x, weight, routing, grouped_in=grouped_in, grouped_out=True, backend=backend, lora=lora)
+    return glu(ab, activation, backend)
 
 
 def _reference_with_lora(x, weight, routing, grouped_in, grouped_out, gates, lora) -> torch.Tensor:

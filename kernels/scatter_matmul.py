@@ -2,7 +2,12 @@
 
 Grouped row `r` (rows sorted by expert) reads its input from row `in_rows[r]` of `x` (token `t`, read k times,
 or slot `t*k+j`) and writes `out_rows[r]` of `y`, so no gathered copy of the activations is ever materialised.
-The same kernel computes the input gradient (`dx = dy @ W[e]`, the weight read transposed).
+The same kernel computes the input gradient (`dx = dy @ W[e]`, the weight read transposed). The weight's tiles
+come through the TMA (Hopper's tensor-memory accelerator) where its layout allows (16-byte aligned rows), else by
+pointers; the routed rows are always read by pointers, through the index.
+
+For the MLP experts' input projection the epilogue can apply SiLU-GLU (`y = silu(a) * b` for `[a, b] = W[e] x`,
+two accumulators per program), writing `[a, b]` only when a backward will read it (`kernels.glu`).
 
 A low-rank term rides along for LoRA: `y[r] = W[e] x[r] + V[e] l[r]`, with `l` `[T*k, R]` rank-R rows in grouped
 order computed beforehand (`l = A x` forward, `dy B` backward). The kernel starts its accumulator at
@@ -20,12 +25,26 @@ from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitt
 
 
 @triton.jit
+def _weight_tile(W_DESC, w_ptrs, expert, n0, k0, k_mask, col_mask, W_TMA: tl.constexpr, W_KN: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The `[BLOCK_K, BLOCK_N]` weight tile at output column n0, reduction index k0; zeros outside the weight."""
+    if W_TMA:  # by the tensor-memory accelerator, which fills out-of-range rows and columns with zeros
+        if W_KN:
+            return W_DESC.load([expert, k0, n0]).reshape(BLOCK_K, BLOCK_N)
+        return W_DESC.load([expert, n0, k0]).reshape(BLOCK_N, BLOCK_K).T
+    if EVEN_K:
+        return tl.load(w_ptrs, mask=col_mask[None, :], other=0.0)
+    return tl.load(w_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+
+
+@triton.jit
 def _scatter_mm_kernel(
-    X, W, Y, in_rows, out_rows, tile_start, tile_end, tile_expert,
+    X, W, W_DESC, Y, AB, in_rows, out_rows, tile_start, tile_end, tile_expert,
     num_tiles, N, K,
-    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym, stride_yn, scale,
+    stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym, stride_yn, stride_abm, scale,
     L, V, R, stride_lm, stride_lr, stride_ve, stride_vn, stride_vr,
     IN_INDEXED: tl.constexpr, OUT_INDEXED: tl.constexpr, EVEN_K: tl.constexpr, HAS_LOW_RANK: tl.constexpr,
+    W_TMA: tl.constexpr, W_KN: tl.constexpr, SILU_GLU: tl.constexpr, KEEP_AB: tl.constexpr,
     PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
@@ -43,7 +62,8 @@ def _scatter_mm_kernel(
     row_end = tl.load(tile_end + pid_m)
     if row_start >= row_end:  # spare tile: no rows
         return
-    expert = tl.load(tile_expert + pid_m).to(tl.int64)
+    expert32 = tl.load(tile_expert + pid_m)
+    expert = expert32.to(tl.int64)
 
     rows = row_start + tl.arange(0, BLOCK_M)
     row_mask = rows < row_end
@@ -65,28 +85,47 @@ def _scatter_mm_kernel(
         if DOT_FP32:
             low, up = low.to(tl.float32), up.to(tl.float32)
         acc = tl.dot(low, up, acc, input_precision=PRECISION)
+    if SILU_GLU:  # the second half of the weight's rows (b of [a, b]) in its own accumulator
+        acc_b = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    n0 = pid_n * BLOCK_N
     for k0 in range(0, K, BLOCK_K):
+        k_mask = (k0 + ks) < K
         if EVEN_K:
             a = tl.load(x_ptrs, mask=row_mask[:, None], other=0.0)
-            b = tl.load(w_ptrs, mask=col_mask[None, :], other=0.0)
         else:
-            k_mask = (k0 + ks) < K
             a = tl.load(x_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(w_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        b = _weight_tile(W_DESC, w_ptrs, expert32, n0, k0, k_mask, col_mask, W_TMA, W_KN, EVEN_K, BLOCK_N, BLOCK_K)
         if DOT_FP32:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if SILU_GLU:
+            b = _weight_tile(W_DESC, w_ptrs + N * stride_wn, expert32, n0 + N, k0, k_mask, col_mask, W_TMA, W_KN,
+                             EVEN_K, BLOCK_N, BLOCK_K)  # fmt: skip
+            if DOT_FP32:
+                b = b.to(tl.float32)
+            acc_b = tl.dot(a, b, acc_b, input_precision=PRECISION)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
     acc = acc * scale
 
     dst = tl.load(out_rows + rows, mask=row_mask, other=0) if OUT_INDEXED else rows
+    out_mask = row_mask[:, None] & col_mask[None, :]
+    if SILU_GLU:  # y = silu(a) * b from a and b rounded as the unfused pair of kernels would store them
+        a = acc.to(Y.dtype.element_ty)
+        b = (acc_b * scale).to(Y.dtype.element_ty)
+        if KEEP_AB:  # the backward's input
+            ab_ptrs = AB + dst.to(tl.int64)[:, None] * stride_abm + cols[None, :]
+            tl.store(ab_ptrs, a, mask=out_mask)
+            tl.store(ab_ptrs + N, b, mask=out_mask)
+        a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = a * tl.sigmoid(a) * b
     y_ptrs = Y + dst.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=out_mask)
 
 
-# Tiles for the GPU, fixed rather than autotuned: best of `bench/bench_kernels.py --sweep` on an H100 (2026-11-23),
-# 513-613 TFLOP/s on the JetMoE-8B matmuls against 448-536 for 128x128x64.
+# Tiles for the GPU, fixed rather than autotuned: best of `bench/bench_kernels.py --sweep` on an H100 (2026-11-23).
+# With the weight read by TMA, 585-622 TFLOP/s on the JetMoE-8B matmuls (forward and input gradient; 568-610 with 3
+# stages); 511-545 forward with the weight read by pointers, 448-536 with 128x128x64 tiles.
 GPU_CONFIG = dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
 SMALL_CONFIG = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)  # float32 fallback
 # With the low-rank term's tiles the tuned config can exceed shared memory: one stage fewer keeps its tile shape.
@@ -96,6 +135,28 @@ INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_war
 
 def _configs() -> list[dict]:
     return [INTERPRETER_CONFIG] if interpreting() else [GPU_CONFIG, GPU_CONFIG_3_STAGES, SMALL_CONFIG]
+
+
+def tma_readable(tensor: torch.Tensor) -> bool:
+    """Whether TMA can read `tensor`: last dim contiguous, 16-byte aligned start and strides (else pointer loads)."""
+    size = tensor.element_size()
+    aligned = all(stride * size % 16 == 0 for stride in tensor.stride()[:-1])
+    return tensor.stride(-1) == 1 and aligned and tensor.data_ptr() % 16 == 0
+
+
+def _weight_descriptor(weight: torch.Tensor, transpose_weight: bool, cfg: dict):
+    """A TMA descriptor of `weight` `[E, N, K]` (or `[E, K, N]` applied transposed) in `cfg`'s tiles, or None."""
+    if not tma_readable(weight):
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    inner = [cfg["BLOCK_K"], cfg["BLOCK_N"]] if transpose_weight else [cfg["BLOCK_N"], cfg["BLOCK_K"]]
+    return TensorDescriptor.from_tensor(weight, [1, *inner])
+
+
+def _glu_tiles(config: dict) -> dict:
+    """With the fused GLU a program holds two accumulators (a and b): half as many columns each, same registers."""
+    return dict(config, BLOCK_N=max(16, config["BLOCK_N"] // 2))
 
 
 def _narrowed(config: dict, n: int) -> dict:
@@ -122,6 +183,8 @@ def scatter_mm(
     transpose_weight: bool = False,
     scale: float = 1.0,
     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
+    silu_glu: bool = False,
+    keep_ab: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Launch the kernel. `in_rows`/`out_rows` None mean grouped order.
 
@@ -129,29 +192,38 @@ def scatter_mm(
     `scale` multiplies the result: LoRA's scaling, applied where it is cheapest, on the rank-r rows (`A x`, `dy B`).
     `low_rank` `(l, v)` adds `v[e] @ l[r]` to grouped row r: `l` `[T*k, R]` in grouped order, `v` laid out as
     `weight` with R for its input dimension (`[E, N, R]`, or `[E, R, N]` with `transpose_weight`).
+    With `silu_glu`, the result is `silu(a) * b` for `[a, b]` the two halves of `W[e] x` (`[T*k, N/2]`), computed
+    in the epilogue; `keep_ab` `[T*k, N]`, if given, also receives `[a, b]` (what the GLU's backward reads).
     """
     n, k, stride_we, stride_wn, stride_wk = _oriented(weight, transpose_weight)
     assert x.shape[1] == k, (x.shape, weight.shape, transpose_weight)
+    if silu_glu:
+        assert not transpose_weight and low_rank is None and n % 2 == 0, "the fused GLU is the plain forward only"
+        n //= 2
     y = torch.empty(num_out_rows, n, device=x.device, dtype=x.dtype)
     if out_rows is not None and num_out_rows > index.slot_rows.shape[0]:
         raise ValueError("scattered outputs cannot hold more rows than routed slots")
     low_rank_args = _low_rank_args(low_rank, x, weight.shape[0], n, transpose_weight)
+    ab = keep_ab if keep_ab is not None else y  # a placeholder the kernel never writes without KEEP_AB
 
     def launch(cfg):
         plan = index.tiles(cfg["BLOCK_M"])
         grid = (plan.num_tiles * triton.cdiv(n, cfg["BLOCK_N"]),)
+        descriptor = _weight_descriptor(weight, transpose_weight, cfg)
         _scatter_mm_kernel[grid](
-            x, weight, y,
+            x, weight, descriptor, y, ab,
             in_rows if in_rows is not None else index.slot_rows,
             out_rows if out_rows is not None else index.slot_rows,
             plan.row_start, plan.row_end, plan.expert,
             plan.num_tiles, n, k,
-            x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1), scale,
+            x.stride(0), x.stride(1), stride_we, stride_wn, stride_wk, y.stride(0), y.stride(1), ab.stride(0), scale,
             IN_INDEXED=in_rows is not None, OUT_INDEXED=out_rows is not None,
-            EVEN_K=k % cfg["BLOCK_K"] == 0, **low_rank_args, **dot_options(x.dtype), **cfg,
+            EVEN_K=k % cfg["BLOCK_K"] == 0, W_TMA=descriptor is not None, W_KN=transpose_weight,
+            SILU_GLU=silu_glu, KEEP_AB=keep_ab is not None, **low_rank_args, **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    launch_first_fitting("scatter_mm", x.dtype, [_narrowed(cfg, n) for cfg in _configs()], launch)
+    configs = [_narrowed(_glu_tiles(cfg) if silu_glu else cfg, n) for cfg in _configs()]
+    launch_first_fitting("scatter_mm", x.dtype, configs, launch)
     return y
 
 

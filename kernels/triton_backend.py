@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .combine import scattered_matmul_combine
-from .glu import silu_glu
+from .glu import scattered_matmul_silu_glu
 from .routing import Routing
 from .scatter_matmul import scattered_matmul
 from .schedule import interpreting, routing_index
@@ -30,11 +30,10 @@ def is_silu(activation) -> bool:
 def expert_mlp(x, input_weight, output_weight, routing: Routing, activation):
     _check_device(x)
     index = routing_index(routing)
-    ab = scattered_matmul(x, input_weight, index, grouped_out=True)  # [T*k, 2*ffn], grouped by expert
-    if is_silu(activation):
-        hidden = silu_glu(ab)
+    if is_silu(activation):  # [T*k, ffn] grouped by expert, the GLU in the matmul's epilogue
+        hidden = scattered_matmul_silu_glu(x, input_weight, index)
     else:
-        gate_half, up_half = ab.chunk(2, dim=-1)
+        gate_half, up_half = scattered_matmul(x, input_weight, index, grouped_out=True).chunk(2, dim=-1)
         hidden = activation(gate_half) * up_half
     return scattered_matmul_combine(hidden, output_weight, routing.gates, index, grouped_in=True)
 

@@ -1,4 +1,5 @@
-"""Gate-weighted combine, alone and fused behind the last expert matmul: outputs and x, W, gate gradients."""
+"""Gate-weighted combine, alone and fused behind the last expert matmul (with the output bias): outputs and x, W,
+gate and bias gradients."""
 
 import pytest
 import torch
@@ -25,17 +26,20 @@ def test_gate_combine(dtype, top_k):
 
 @pytest.mark.parametrize("routing_kind,dtype", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("grouped_in", [True, False], ids=["grouped-in", "slot-in"])
-def test_scattered_matmul_combine(dtype, routing_kind, grouped_in):
+@pytest.mark.parametrize("with_bias", [False, True], ids=["", "bias"])
+def test_scattered_matmul_combine(dtype, routing_kind, grouped_in, with_bias):
     top_k, in_size, out_size = 2, 20, 24
     routing, gates = make_routing(routing_kind, T, E, top_k, dtype, grad=True)
     x = randn(T * top_k, in_size, dtype=dtype, seed=3)
     weight = randn(E, out_size, in_size, dtype=dtype, seed=4, scale=0.2)
+    bias = randn(out_size, dtype=dtype, seed=8) if with_bias else None
 
-    ours = scattered_matmul_combine(x, weight, routing.gates, routing_index(routing), grouped_in)
+    ours = scattered_matmul_combine(x, weight, routing.gates, routing_index(routing), grouped_in, bias=bias)
     ref = scattered_experts_reference(x, weight, routing, grouped_in=grouped_in, gates=routing.gates)
+    ref = ref + bias if with_bias else ref
     assert_close(ours, ref, dtype, "out")
-    inputs = (x, weight, gates)
-    for name, got, want in zip(("dx", "dW", "dgates"), grads(ours, inputs), grads(ref, inputs)):
+    inputs = (x, weight, gates) + ((bias,) if with_bias else ())
+    for name, got, want in zip(("dx", "dW", "dgates", "dbias"), grads(ours, inputs), grads(ref, inputs)):
         assert_close(got, want, dtype, name)
 
 

@@ -14,7 +14,7 @@ from peft.tuners.lora.layer import ParamWrapper
 from torch import nn
 
 from kernels import Routing
-from kernels.lora import ExpertLora, combine_slots, expert_lora_delta, scattered_experts
+from kernels.lora import ExpertLora, combine_slots, expert_lora_delta, glu, scattered_experts
 
 
 def expert_factors(lora_A: torch.Tensor, lora_B: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,12 +61,19 @@ class RoutedExpertLora(ParamWrapper):
         return ExpertLora(self.lora_dropout[adapter](x), lora_A, lora_B, self.scaling[adapter])
 
     def _several_adapters(self, x, routing: Routing, adapters: list[str], gates, layout: dict) -> torch.Tensor:
-        """Adapters active together (PEFT allows it): each update summed onto the base rows, then combined once."""
+        """Adapters active together (PEFT allows it): each update summed onto the base rows, then the GLU (the
+        MLP's input projection) or the combine and bias (the output projections), once."""
+        layout = dict(layout)
+        activation, bias = layout.pop("glu_activation", None), layout.pop("bias", None)
         result = self.base_layer(x, routing, **layout)
         for adapter in adapters:
             lora = self._expert_lora(adapter, x)
             result = result + expert_lora_delta(lora.x, lora.A, lora.B, lora.scaling, routing, **layout)
-        return result if gates is None else combine_slots(result, gates, layout["backend"])
+        if activation is not None:
+            result = glu(result, activation, layout["backend"])
+        if gates is not None:
+            result = combine_slots(result, gates, layout["backend"])
+        return result if bias is None else result + bias
 
 
 def _without_dropout(config):
