@@ -3,8 +3,9 @@
 In PyTorch the same bookkeeping is a stable sort, a histogram, a cumsum, int32 casts and about fifteen ops per tile
 plan, for each of a JetMoE layer's two routers: each op is a few GPU microseconds but ~10 host microseconds to
 launch, and on an H100 the host then fell behind the GPU (JetMoE-8B forward: 110 ms of launches for 90 ms of GPU
-work). Here each is one launch of one program: the routing of a step is tens of thousands of slots, a few passes
-over them in one block are cheaper than the launches they replace.
+work). Here each is one launch: the routing of a step is tens of thousands of slots, and a few passes over them
+are cheaper than the launches they replace. The grouping runs one program per expert, each pass a 1-D count or scan:
+20 us per router at the JetMoE-8B shape on an H100, against 85-120 us for one program doing every expert at once.
 """
 
 import torch
@@ -15,34 +16,35 @@ import triton.language as tl
 @triton.jit
 def _group_slots_kernel(
     EXPERTS, SORTED_EXPERTS, SORTED_SLOTS, SLOT_ROWS, TOKEN_ROWS, COUNTS, STARTS, ENDS,
-    num_slots, num_experts, TOP_K: tl.constexpr, E_PAD: tl.constexpr, BLOCK: tl.constexpr,
+    num_slots, TOP_K: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """A counting sort: count each expert's slots, then give every slot its place (stable: slot order kept)."""
-    es = tl.arange(0, E_PAD)
-    counts = tl.zeros([E_PAD], dtype=tl.int32)
+    """A counting sort, one program per expert: its group starts after the slots of all lower experts, and its
+    slots keep their order (a running count of its own slots gives each one its place)."""
+    expert = tl.program_id(0)
+    lower = tl.zeros([BLOCK], dtype=tl.int32)
+    mine = tl.zeros([BLOCK], dtype=tl.int32)
     for first in range(0, num_slots, BLOCK):
         slots = first + tl.arange(0, BLOCK)
-        experts = tl.load(EXPERTS + slots, mask=slots < num_slots, other=E_PAD)  # padding matches no expert
-        counts += tl.sum((experts[:, None] == es[None, :]).to(tl.int32), axis=0)
-    ends = tl.cumsum(counts, axis=0)
-    real = es < num_experts
-    tl.store(COUNTS + es, counts.to(tl.int64), mask=real)
-    tl.store(STARTS + es, ends - counts, mask=real)
-    tl.store(ENDS + es, ends, mask=real)
+        experts = tl.load(EXPERTS + slots, mask=slots < num_slots, other=-1)  # padding matches no expert
+        lower += ((experts >= 0) & (experts < expert)).to(tl.int32)
+        mine += (experts == expert).to(tl.int32)
+    start = tl.sum(lower, axis=0)
+    count = tl.sum(mine, axis=0)
+    tl.store(COUNTS + expert, count.to(tl.int64))
+    tl.store(STARTS + expert, start)
+    tl.store(ENDS + expert, start + count)
 
-    next_place = ends - counts  # where each expert's next slot goes
+    place = start  # where this expert's next slot goes
     for first in range(0, num_slots, BLOCK):
         slots = first + tl.arange(0, BLOCK)
-        valid = slots < num_slots
-        experts = tl.load(EXPERTS + slots, mask=valid, other=E_PAD)
-        one_hot = (experts[:, None] == es[None, :]).to(tl.int32)
-        earlier = tl.cumsum(one_hot, axis=0) - one_hot  # same-expert slots before this one in the block
-        place = tl.sum((next_place[None, :] + earlier) * one_hot, axis=1)
-        tl.store(SORTED_EXPERTS + place, experts.to(tl.int64), mask=valid)
-        tl.store(SORTED_SLOTS + place, slots.to(tl.int64), mask=valid)
-        tl.store(SLOT_ROWS + place, slots, mask=valid)
-        tl.store(TOKEN_ROWS + place, slots // TOP_K, mask=valid)
-        next_place += tl.sum(one_hot, axis=0)
+        hit = tl.load(EXPERTS + slots, mask=slots < num_slots, other=-1) == expert
+        hits = hit.to(tl.int32)
+        dest = place + tl.cumsum(hits, axis=0) - hits
+        tl.store(SORTED_EXPERTS + dest, tl.zeros_like(dest).to(tl.int64) + expert, mask=hit)
+        tl.store(SORTED_SLOTS + dest, slots.to(tl.int64), mask=hit)
+        tl.store(SLOT_ROWS + dest, slots, mask=hit)
+        tl.store(TOKEN_ROWS + dest, slots // TOP_K, mask=hit)
+        place += tl.sum(hits, axis=0)
 
 
 @triton.jit
@@ -88,11 +90,10 @@ def group_slots(experts: torch.Tensor, num_experts: int) -> dict[str, torch.Tens
         expert_start=torch.empty(num_experts, dtype=torch.int32, device=device),
         expert_end=torch.empty(num_experts, dtype=torch.int32, device=device),
     )
-    e_pad = triton.next_power_of_2(num_experts)
-    _group_slots_kernel[(1,)](
+    _group_slots_kernel[(num_experts,)](
         flat, out["sorted_experts"], out["sorted_slots"], out["slot_rows"], out["token_rows"],
-        out["expert_counts"], out["expert_start"], out["expert_end"], num_slots, num_experts,
-        TOP_K=top_k, E_PAD=e_pad, BLOCK=max(16, 4096 // e_pad), num_warps=4,
+        out["expert_counts"], out["expert_start"], out["expert_end"], num_slots,
+        TOP_K=top_k, BLOCK=2048, num_warps=8,
     )  # fmt: skip
     return out
 
