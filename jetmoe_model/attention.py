@@ -13,6 +13,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .experts import MoAExperts
+from .kv_cache import update_cache
 from .layers import apply_rotary
 
 
@@ -57,13 +58,18 @@ class MoAAttention(nn.Module):
         cos, sin = position_embeddings
         backend = self.experts.backend
         query, key = apply_rotary(query, cos, sin, backend), apply_rotary(key, cos, sin, backend)
+        only_this_chunk = True  # keys and values are this call's own: no earlier positions cached
         if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+            cached_key, cached_value = update_cache(past_key_values, self.layer_idx, key, value)
+            only_this_chunk = cached_key.shape[-2] == length
+            if not only_this_chunk:
+                key, value = cached_key, cached_value
 
         dropout = self.config.attention_dropout if self.training else 0.0
-        if self.config._attn_implementation == "sdpa" and attention_mask is None and past_key_values is None:
-            # Plain causal attention (training on full rows): PyTorch's SDPA directly, whose `[B, heads*k, L, dim]`
-            # output needs one copy into the slot layout; through the attention interface it takes two.
+        if self.config._attn_implementation == "sdpa" and attention_mask is None and only_this_chunk:
+            # Plain causal attention (training on full rows, or a prompt filling an empty cache): PyTorch's SDPA
+            # directly, whose `[B, heads*k, L, dim]` output needs one copy into the slot layout; through the
+            # attention interface it takes two.
             attn = F.scaled_dot_product_attention(
                 query, key, value, dropout_p=dropout, scale=self.scaling, is_causal=length > 1, enable_gqa=True
             )

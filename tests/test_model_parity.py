@@ -67,6 +67,23 @@ def test_generation_with_kv_cache_matches_full_recompute(tmp_path):
     assert torch.equal(cached, uncached)
 
 
+def test_prompt_cached_without_copy_matches_stock_cache(tmp_path):
+    """Without grad, a prompt fills each empty cache layer with its own key/value tensors (`kv_cache.update_cache`);
+    the cache holds what transformers' cache holds for the same checkpoint, and the next token's logits agree."""
+    stock, ours = stock_and_ours(tmp_path, "e8k2", seed=7)
+    ids = torch.randint(0, stock.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out_stock, out_ours = stock(ids, use_cache=True), ours(ids, use_cache=True)
+        for layer_stock, layer_ours in zip(out_stock.past_key_values.layers, out_ours.past_key_values.layers):
+            torch.testing.assert_close(layer_ours.keys, layer_stock.keys, atol=2e-4, rtol=0)
+            torch.testing.assert_close(layer_ours.values, layer_stock.values, atol=2e-4, rtol=0)
+        step = ids[:, -1:]
+        next_stock = stock(step, past_key_values=out_stock.past_key_values).logits
+        next_ours = ours(step, past_key_values=out_ours.past_key_values).logits
+    torch.testing.assert_close(next_ours, next_stock, atol=2e-4, rtol=0)
+    assert out_ours.past_key_values.get_seq_length() == ids.shape[1] + 1
+
+
 def test_left_padded_batch_matches_unpadded_runs(tmp_path):
     _, ours = stock_and_ours(tmp_path, "e4k2", seed=7)
     short, long = torch.randint(3, 97, (1, 4)), torch.randint(3, 97, (1, 9))
