@@ -1,6 +1,7 @@
 """Where a forward+backward step of our JetMoE spends GPU time: torch.profiler's kernel table, grouped by name.
 
     PYTHONPATH=. python bench/profile_jetmoe.py --layers 4 --backend triton
+    PYTHONPATH=. python bench/profile_jetmoe.py --layers 24 --forward       # the no-grad forward alone
 """
 
 import argparse
@@ -20,14 +21,19 @@ def main():
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--backend", default="triton")
     parser.add_argument("--rows", type=int, default=30)
+    parser.add_argument("--forward", action="store_true", help="profile `model(ids)` under no_grad instead")
     profile_step(parser.parse_args())
 
 
 def profile_step(args):
-    model = build(args.backend, JETMOE_8B, args.layers).train()
+    model = build(args.backend, JETMOE_8B, args.layers).train(not args.forward)
     ids = torch.randint(0, JETMOE_8B["vocab_size"], (args.batch, args.seq), device="cuda")
 
     def step():
+        if args.forward:
+            with torch.no_grad():
+                model(ids)
+            return
         model(ids, labels=ids).loss.backward()
         for param in model.parameters():
             param.grad = None
