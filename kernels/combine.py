@@ -140,7 +140,8 @@ class ScatteredMatmulCombine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        gates, y = ctx.saved_tensors[SAVED_OPERANDS:]
+        saved = ctx.saved_tensors
+        gates, y = saved[SAVED_OPERANDS:]
         dout = dout.contiguous()
         needs = ctx.needs_input_grad
         matmul_needs = needs[:2] + needs[5:8]
@@ -149,7 +150,7 @@ class ScatteredMatmulCombine(torch.autograd.Function):
             # Grouped row r is slot s = slot_rows[r]: its output gradient is gates[s] * dout[s // k]. Built once in
             # grouped order ([T*k, H], small next to the matmuls): scaling inside the weight-gradient loop cost more
             # (274 against 432 TFLOP/s on an H100 at the JetMoE-8B shape).
-            grads = matmul_grads(ctx, grouped_output_grad(dout, gates, ctx.index), None, matmul_needs)
+            grads = matmul_grads(ctx, saved, grouped_output_grad(dout, gates, ctx.index), None, matmul_needs)
         dg = gate_grad(y, dout, gates) if needs[2] else None
         dbias = dout.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if needs[9] else None
         dx, dw, dx_lora, da, db = grads

@@ -104,9 +104,10 @@ class ScatteredMatmulSiluGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dh):
-        (ab,) = ctx.saved_tensors[SAVED_OPERANDS:]
+        saved = ctx.saved_tensors
+        (ab,) = saved[SAVED_OPERANDS:]
         dab = silu_glu_backward(ab, dh.contiguous())
-        dx, dw, *_ = matmul_grads(ctx, dab, None, ctx.needs_input_grad[:2] + (False, False, False))
+        dx, dw, *_ = matmul_grads(ctx, saved, dab, None, ctx.needs_input_grad[:2] + (False, False, False))
         return dx, dw, None, None, None
 
 

@@ -291,21 +291,24 @@ def lora_prologue(x, x_lora, lora_A, lora_B, scaling: float, index: RoutingIndex
 
 
 def save_operands(ctx, index: RoutingIndex, in_rows, x, weight, lora: tuple, prologue, *extra) -> None:
-    """Keeps what `matmul_grads` reads; `extra` tensors are saved after them (`ctx.saved_tensors[SAVED_OPERANDS:]`)."""
+    """Keeps what `matmul_grads` reads; `extra` tensors are saved after them (`saved[SAVED_OPERANDS:]`)."""
     x_lora, lora_A, lora_B, scaling = lora
     ctx.save_for_backward(x, weight, x_lora, lora_A, lora_B, *(prologue or (None, None, None)), *extra)
     ctx.index, ctx.in_rows, ctx.scaling, ctx.lora_reads_x = index, in_rows, scaling, x_lora is x
 
 
-def matmul_grads(ctx, dy: torch.Tensor, dy_rows, needs) -> tuple:
+def matmul_grads(ctx, saved: tuple, dy: torch.Tensor, dy_rows, needs) -> tuple:
     """`(dx, dW, dx_lora, dA, dB)` of `y = W[e] x + s * B[e] A[e] x_lora` from `dy` in rows `dy_rows` (None: grouped).
+
+    `saved` is `ctx.saved_tensors`, read once by the caller's backward: activation checkpointing (non-reentrant)
+    refuses a second read.
 
     `needs` says which of the five are wanted. LoRA's rank-r output gradient `dl = s * dy B[e]` comes first: when
     the LoRA input is `x` itself (no dropout), the input gradient's matmul adds `dl A[e]`; otherwise
     `dx_lora` is its own rank-r matmul. `dA` and `dB` come out in the dtype and strides of the factors given
     (PEFT's float32 views), so nothing is cast or permuted after. A LoRA layer's base weight is frozen: no `dW`.
     """
-    x, weight, x_lora, lora_A, lora_B, rows, kernel_A, kernel_B = ctx.saved_tensors[:SAVED_OPERANDS]
+    x, weight, x_lora, lora_A, lora_B, rows, kernel_A, kernel_B = saved[:SAVED_OPERANDS]
     index, in_rows = ctx.index, ctx.in_rows
     want_dx, want_dw, want_dx_lora, want_da, want_db = needs
     num_slots = index.slot_rows.shape[0]
@@ -343,7 +346,9 @@ class ScatteredMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         needs = ctx.needs_input_grad
-        dx, dw, dx_lora, da, db = matmul_grads(ctx, dy.contiguous(), ctx.out_rows, needs[:2] + needs[5:8])
+        dx, dw, dx_lora, da, db = matmul_grads(
+            ctx, ctx.saved_tensors, dy.contiguous(), ctx.out_rows, needs[:2] + needs[5:8]
+        )
         return dx, dw, None, None, None, dx_lora, da, db, None
 
 

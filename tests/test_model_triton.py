@@ -46,3 +46,16 @@ def test_triton_backend_matches_torch_backend(dtype):
     assert grads.keys() == grads_t.keys()
     for name, grad in grads.items():
         assert_close(grad, grads_t[name], dtype, name, factor)
+
+
+def test_triton_backend_under_gradient_checkpointing():
+    """Non-reentrant checkpointing (what the recipes turn on) lets each saved tensor be unpacked once: every kernel's
+    backward must read its saved tensors once, and the recomputed forward give the same gradients."""
+    model = tiny_model(torch.float32)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    _, loss, grads = run(model, "triton", ids)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _, loss_ckpt, grads_ckpt = run(model, "triton", ids)
+    assert_close(loss_ckpt, loss, torch.float32, "loss")
+    for name, grad in grads.items():
+        assert_close(grads_ckpt[name], grad, torch.float32, name)
