@@ -3,8 +3,8 @@
 Grouped row `r` (rows sorted by expert) reads its input from row `in_rows[r]` of `x` (token `t`, read k times,
 or slot `t*k+j`) and writes `out_rows[r]` of `y`, so no gathered copy of the activations is ever materialised.
 The same kernel computes the input gradient (`dx = dy @ W[e]`, the weight read transposed). The weight's tiles
-come through the TMA (Hopper's tensor-memory accelerator) where its layout allows (16-byte aligned rows), else by
-pointers; the routed rows are always read by pointers, through the index.
+come through the TMA (the tensor-memory accelerator of Hopper and later GPUs) where its layout allows (16-byte
+aligned rows), else by pointers; the routed rows are always read by pointers, through the index.
 
 For the MLP experts' input projection the epilogue can apply SiLU-GLU (`y = silu(a) * b` for `[a, b] = W[e] x`,
 two accumulators per program), writing `[a, b]` only when a backward will read it (`kernels.glu`).
@@ -15,6 +15,8 @@ order computed beforehand (`l = A x` forward, `dy B` backward). The kernel start
 of three full-width passes. Starting the accumulator with it rather than adding it after the main loop measured
 faster on an H100: 0.88 against 1.50 ms of LoRA overhead per JetMoE-8B layer (`bench/bench_lora.py --projections`).
 """
+
+import functools
 
 import torch
 import triton
@@ -144,9 +146,16 @@ def tma_readable(tensor: torch.Tensor) -> bool:
     return tensor.stride(-1) == 1 and aligned and tensor.data_ptr() % 16 == 0
 
 
+@functools.cache
+def _has_tma(device_index: int) -> bool:
+    """Hopper (compute capability 9) and later have the TMA; older GPUs keep the pointer loads they were tuned with."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
 def _weight_descriptor(weight: torch.Tensor, transpose_weight: bool, cfg: dict):
     """A TMA descriptor of `weight` `[E, N, K]` (or `[E, K, N]` applied transposed) in `cfg`'s tiles, or None."""
-    if not tma_readable(weight):
+    on_gpu = weight.device.type == "cuda"
+    if not tma_readable(weight) or (on_gpu and not _has_tma(weight.device.index)):
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
