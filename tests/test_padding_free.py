@@ -183,3 +183,32 @@ def test_trls_dpo_loss_with_our_router_losses_is_the_same_padding_free(tmp_path,
         torch.testing.assert_close(results[True][1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     for name in ("aux_loss", "router_z_loss", "logps/chosen", "logps/rejected", "rewards/margins"):
         assert results[True][2][name] == pytest.approx(results[False][2][name], rel=1e-4, abs=1e-5), name
+
+
+def test_dpo_micro_batches_are_sized_by_tokens_with_batch_rebalance(tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from align.dpo import dpo_trainer
+    from alignment_fixtures import QUIET_ARGS, tiny_model, tokenizer_for
+
+    words = "the cat sat on a warm mat and then it slept for a very long time".split()
+    pairs = [{"prompt": [{"role": "user", "content": " ".join(words[: 2 + i % 5])}],
+              "chosen": [{"role": "assistant", "content": " ".join((words * 8)[: 120 if i % 8 == 0 else 1])}],
+              "rejected": [{"role": "assistant", "content": " ".join(words[: 1 + i % 7])}]} for i in range(48)]
+    tokenizer = tokenizer_for(words)
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=4,
+                     train_sampling_strategy="batch_rebalance", max_length=256, **QUIET_ARGS)
+    trainer = dpo_trainer(args, tiny_model(tokenizer), tokenizer, Dataset.from_list(pairs))
+    lengths = trainer.train_dataset["length"]
+    tokenised = [trainer.train_dataset[i] for i in range(len(lengths))]
+    assert lengths == [min(256, len(p["prompt_ids"]) + len(p["chosen_ids"])) + min(256, len(p["prompt_ids"]) +
+                       len(p["rejected_ids"])) for p in tokenised]
+    batches = list(trainer.get_train_dataloader())
+    rows = [len(batch["input_ids"]) // 2 for batch in batches]
+    tokens = [int(batch["attention_mask"].sum()) for batch in batches]
+    assert sorted(i for batch in trainer.get_train_dataloader().batch_sampler for i in batch) == list(range(48))
+    assert len(set(rows)) > 1  # micro-batches hold different numbers of pairs...
+    for step in range(0, len(tokens), 4):  # ...and about equal tokens within an optimizer step
+        group = tokens[step: step + 4]
+        assert max(group) - min(group) <= max(lengths), group
