@@ -212,3 +212,30 @@ def test_dpo_micro_batches_are_sized_by_tokens_with_batch_rebalance(tmp_path):
     for step in range(0, len(tokens), 4):  # ...and about equal tokens within an optimizer step
         group = tokens[step: step + 4]
         assert max(group) - min(group) <= max(lengths), group
+
+
+def test_trls_sft_loss_on_a_packed_row_is_the_padded_batchs(tmp_path):
+    """TRL's padding-free collator (what `packing: true` feeds) against its padded one, on the same tokenised
+    conversations with assistant-only labels: same loss, router losses and gradients."""
+    from test_sft_learning import _setup
+
+    padded_trainer, _ = _setup(tmp_path / "padded", max_steps=1)
+    packed_trainer, _ = _setup(tmp_path / "packed", max_steps=1, packing=True, packing_strategy="bfd")
+    packed_trainer.model.load_state_dict(padded_trainer.model.state_dict())
+    examples = [padded_trainer.train_dataset[i] for i in range(5)]
+    results = {}
+    for name, trainer in (("padded", padded_trainer), ("packed", packed_trainer)):
+        batch = trainer._prepare_inputs(trainer.data_collator([dict(example) for example in examples]))
+        trainer.model.train().zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = {key: p.grad.clone() for key, p in trainer.model.named_parameters() if p.grad is not None}
+        results[name] = batch, loss, grads, {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    padded_batch, packed_batch = results["padded"][0], results["packed"][0]
+    assert padded_batch["attention_mask"].eq(0).any() and "attention_mask" not in packed_batch
+    assert packed_batch["input_ids"].shape[0] == 1 and (packed_batch["labels"] != -100).any()
+    torch.testing.assert_close(results["packed"][1], results["padded"][1], atol=1e-5, rtol=1e-5)
+    for key, grad in results["padded"][2].items():
+        torch.testing.assert_close(results["packed"][2][key], grad, atol=1e-5, rtol=1e-4, msg=key)
+    for key in ("aux_loss", "router_z_loss", "mean_token_accuracy"):
+        assert results["packed"][3][key] == pytest.approx(results["padded"][3][key], rel=1e-4, abs=1e-5), key
