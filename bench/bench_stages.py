@@ -44,7 +44,8 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "bench"), str(REPO)]  # this tree's align, not an installed copy, also under accelerate
 import synthetic_data  # noqa: E402
 
 from align.data import load_mixture  # noqa: E402
@@ -55,7 +56,6 @@ from align.sft import sft_trainer  # noqa: E402
 from align.stage import run_stage  # noqa: E402
 from align.tokenizer import load_tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL_CONFIG = "align/assets/jetmoe-8b"
 TOKENIZER = "recipes/tiny/tokenizer"
 JETMOE_VOCAB = 32000
@@ -283,16 +283,28 @@ def stock_training_args(cli, recipe, checkpointing_supported: bool):
     return training_config_class(cli.stage)(**values)
 
 
-def stock_model(config, dtype: torch.dtype):
-    """Built straight in its dtype: on the GPU, or sharded by `zero.Init` under ZeRO-3 (the TRL config, created
-    before, tells transformers that ZeRO-3 is on)."""
+def stock_model(config, dtype: torch.dtype, device: torch.device):
+    """Built straight in its dtype: on this process's GPU, or sharded by `zero.Init` under ZeRO-3 (the TRL config,
+    created before, tells transformers that ZeRO-3 is on)."""
     from transformers import JetMoeForCausalLM
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    if is_deepspeed_zero3_enabled() or not torch.cuda.is_available():
+    if is_deepspeed_zero3_enabled():
+        model = JetMoeForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+        mark_expert_layers_as_leaves(model)
+        return model
+    with device:
         return JetMoeForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    with torch.device("cuda", torch.cuda.current_device()):
-        return JetMoeForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
+
+
+def mark_expert_layers_as_leaves(model) -> None:
+    """ZeRO-3 gathers each attention and MoE layer whole, as `align.distributed` does for ours: transformers'
+    MoA, like ours, is used through `map`/`reduce`, outside its forward hook, and every rank must gather every
+    expert whatever its tokens chose."""
+    from deepspeed.utils import set_z3_leaf_modules
+    from transformers.models.jetmoe.modeling_jetmoe import JetMoeAttention, JetMoeMoE
+
+    set_z3_leaf_modules(model, [JetMoeAttention, JetMoeMoE])
 
 
 def stock_lora_config(recipe):
@@ -325,6 +337,7 @@ def stock_trainer(stage: str, args, model, tokenizer, train_dataset, peft_config
 
 def run_stock(cli, recipe) -> dict:
     from transformers import JetMoeForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
     supported = JetMoeForCausalLM.supports_gradient_checkpointing
@@ -332,11 +345,13 @@ def run_stock(cli, recipe) -> dict:
     notes = [f"--stock-set {pair}" for pair in cli.stock_set]
     if recipe.training.activation_checkpointing and not supported:
         notes.append("activation checkpointing off: transformers' JetMoe does not support it")
+    if is_deepspeed_zero3_enabled():
+        notes.append("ZeRO-3: attention and MoE layers gathered whole (leaf modules), as for ours")
     if recipe.lora:
         notes.append(f"LoRA dropout 0 (recipe: {recipe.lora.dropout}): stock PEFT refuses it on target_parameters")
     torch.manual_seed(args.seed)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = stock_model(stock_config(recipe, tokenizer), dtype)
+    model = stock_model(stock_config(recipe, tokenizer), dtype, args.device)
     splits, _ = load_mixture(recipe.data, tokenizer)  # the rows, in the order, that our stage trains on
     peft_config = stock_lora_config(recipe) if recipe.lora else None
     trainer = stock_trainer(cli.stage, args, model, tokenizer, splits["train"], peft_config)
