@@ -111,8 +111,8 @@ def test_tiny_end_to_end_run_measures_both_sides(stage, mode, tmp_path, monkeypa
     out = tmp_path / "result.json"
     report = bench_stages.main([
         "--tiny", "--stage", stage, "--mode", mode, "--steps", "2", "--warmup", "0", "--rows", "12",
-        "--set", "per_device_train_batch_size=2", "--set", "max_length=512",
-        "--stock-set", "per_device_train_batch_size=2", "--stock-set", "max_length=512", "--out", str(out),
+        "--set", "per_device_train_batch_size=2", "--set", "max_length=256",
+        "--stock-set", "per_device_train_batch_size=2", "--stock-set", "max_length=256", "--out", str(out),
     ])  # fmt: skip
     ours, stock = report["results"]
     for result in (ours, stock):
