@@ -55,6 +55,7 @@ from align.recipes import load_recipe, parse_overrides  # noqa: E402
 from align.sft import sft_trainer  # noqa: E402
 from align.stage import run_stage  # noqa: E402
 from align.tokenizer import load_tokenizer  # noqa: E402
+from jetmoe_model.packing import PACK_MULTIPLE  # noqa: E402
 
 MODEL_CONFIG = "align/assets/jetmoe-8b"
 TOKENIZER = "recipes/tiny/tokenizer"
@@ -82,31 +83,35 @@ def say(text: str) -> None:
 # --- counting tokens and timing steps -----------------------------------------------------------------------------
 
 
-def count_tokens(batch: dict, pad_token_id: int) -> tuple[int, int]:
-    """(real, processed) tokens of one collated batch. Processed = `input_ids.numel()`, what the batch tensor holds.
-    Real = `attention_mask.sum()` when the batch has a mask (padded and packed batches: every masked-in token is
-    part of a sequence); a padding-free batch (no mask, sequences concatenated, `position_ids`) counts every token
-    before its trailing run of `pad_token_id` (the `pad_to_multiple_of` tail)."""
+def count_tokens(batch: dict, pad_token_id: int, unpadding_model: bool = False) -> tuple[int, int]:
+    """(real, processed) tokens of one collated batch. Real = `attention_mask.sum()` when the batch has a mask
+    (padded and packed batches: every masked-in token is part of a sequence); a padding-free batch (no mask,
+    sequences concatenated, `position_ids`) counts every token before its trailing run of `pad_token_id` (the
+    `pad_to_multiple_of` tail). Processed: what the model computes. Stock: `input_ids.numel()`, what the batch
+    tensor holds. Ours (`unpadding_model`): the real tokens rounded up to the packed row's multiple, since our
+    model drops padding before its layers (`jetmoe_model.packing`)."""
     input_ids = batch["input_ids"]
-    processed = input_ids.numel()
     if batch.get("attention_mask") is not None:
-        return int(batch["attention_mask"].sum()), processed
-    flat = input_ids.reshape(-1)
-    not_pad = (flat != pad_token_id).nonzero()
-    return (int(not_pad[-1]) + 1 if len(not_pad) else 0), processed
+        real = int(batch["attention_mask"].sum())
+    else:
+        not_pad = (input_ids.reshape(-1) != pad_token_id).nonzero()
+        real = int(not_pad[-1]) + 1 if len(not_pad) else 0
+    if unpadding_model:
+        return real, -(-real // PACK_MULTIPLE) * PACK_MULTIPLE
+    return real, input_ids.numel()
 
 
 class CountingCollator:
     """Wraps a trainer's data collator; notes each batch's (real, processed) tokens, in the order the trainer
     consumes them (the data loader may collate one batch ahead: the list then holds one more)."""
 
-    def __init__(self, collator, pad_token_id: int):
-        self.collator, self.pad_token_id = collator, pad_token_id
+    def __init__(self, collator, pad_token_id: int, unpadding_model: bool):
+        self.collator, self.pad_token_id, self.unpadding_model = collator, pad_token_id, unpadding_model
         self.batches: list[tuple[int, int]] = []
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        self.batches.append(count_tokens(batch, self.pad_token_id))
+        self.batches.append(count_tokens(batch, self.pad_token_id, self.unpadding_model))
         return batch
 
 
@@ -141,7 +146,8 @@ class StepRecorder(TrainerCallback):
 
 
 def attach_measuring(trainer, pad_token_id: int) -> StepRecorder:
-    counter = CountingCollator(trainer.data_collator, pad_token_id)
+    unpadding_model = getattr(trainer.accelerator.unwrap_model(trainer.model).config, "padding_free", False)
+    counter = CountingCollator(trainer.data_collator, pad_token_id, unpadding_model)
     trainer.data_collator = counter
     recorder = StepRecorder(counter)
     trainer.add_callback(recorder)

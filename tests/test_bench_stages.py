@@ -78,6 +78,8 @@ def test_token_counts_of_padded_padding_free_and_preference_batches():
     assert bench_stages.count_tokens(free, pad) == (8, 16)
     pairs = [{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 9], "rejected_ids": [7]}]
     assert bench_stages.count_tokens(DataCollatorForPreference(pad_token_id=pad)(pairs), pad) == (8, 10)
+    # Our model computes the real tokens only, as one row rounded up to the packing multiple.
+    assert bench_stages.count_tokens(padded, pad, unpadding_model=True) == (8, bench_stages.PACK_MULTIPLE)
 
 
 def test_summary_leaves_out_warm_up_and_ratio_compares_real_tokens():
