@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end stage runs recorded in docs/benchmarks.md ("End-to-end stages"), from the repository root of a
 # machine with 2 GPUs. `single`: LoRA SFT and LoRA DPO, ours against stock, one GPU each, side by side. `zero3`:
-# full SFT under DeepSpeed ZeRO-3 on both GPUs. Tables and logs go to OUT_DIR.
+# full SFT under DeepSpeed ZeRO-3 on both GPUs, each side its own launch. Tables and logs go to OUT_DIR.
 #   bash bench/stage_benches.sh single OUT_DIR
 #   bash bench/stage_benches.sh zero3 OUT_DIR
 set -u
@@ -30,6 +30,9 @@ single)
      run dpo_lora_stock_2pairs python3 $bench --stage dpo --mode lora --side stock --stock-set per_device_train_batch_size=2) &
     wait ;;
 zero3)
-    run sft_full_zero3 accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml \
-        --num_processes 2 $bench --stage sft --mode full --stock-set per_device_train_batch_size=4 ;;
+    # One launch a side: a DeepSpeed engine does not give its GPU memory back within the process.
+    launch="accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml --num_processes 2"
+    run sft_full_zero3_ours $launch $bench --stage sft --mode full --side ours
+    run sft_full_zero3_stock timeout 300 $launch $bench --stage sft --mode full --side stock \
+        --stock-set per_device_train_batch_size=4 ;;
 esac
