@@ -33,9 +33,8 @@ def build_model(args: ModelArgs, tokenizer=None, seed: int = 0, meta: bool = Fal
     """`meta=True` builds the architecture without weights (no memory, no download beyond config.json).
 
     `device`: where the weights are made or loaded (a random JetMoE-8B takes minutes on a CPU, seconds on a GPU).
-    Under DeepSpeed ZeRO-3 it is ignored: `_from_config` and `from_pretrained` build the model sharded."""
-    if is_deepspeed_zero3_enabled():
-        device = None
+    A random init is whole on every rank, the same from the same seed, also under ZeRO-3 (which shards it when
+    the trainer starts): the same weights as one process gets. Under ZeRO-3 `from_pretrained` loads sharded."""
     if args.init == "random" or meta:
         config = model_config(args, tokenizer)
         if args.attn_implementation:
@@ -45,14 +44,17 @@ def build_model(args: ModelArgs, tokenizer=None, seed: int = 0, meta: bool = Fal
                 return JetMoEForCausalLM(config)
         torch.manual_seed(seed)
         with torch.device(device or "cpu"):
-            model = JetMoEForCausalLM._from_config(config, dtype=None if args.dtype == "auto" else _dtype(args.dtype))
+            model = JetMoEForCausalLM(config)
+        if args.dtype != "auto":
+            model = model.to(_dtype(args.dtype))
     else:
+        on_device = device is not None and not is_deepspeed_zero3_enabled()
         model = JetMoEForCausalLM.from_pretrained(
             args.name_or_path,
             dtype=_dtype(args.dtype),
             attn_implementation=args.attn_implementation,
             moe_backend=args.moe_backend,
-            device_map={"": torch.device(device)} if device is not None else None,
+            device_map={"": torch.device(device)} if on_device else None,
             **args.config,
         )
     if tokenizer is not None:
