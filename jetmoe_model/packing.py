@@ -23,20 +23,20 @@ PACK_MULTIPLE = 64
 class PackedBatch:
     """Where the tokens of a packed row come from and how to put outputs back."""
 
-    cu_seqlens: torch.Tensor  # int32 [sequences + 2] on the model's device: boundaries, the filler's last
+    cu_seqlens: torch.Tensor  # int32 [sequences + 1] on the model's device: boundaries, the filler's (if any) last
     max_length: int  # longest sequence (the filler included)
     real_tokens: int  # tokens before the filler
     padded_shape: tuple[int, int] | None = None  # (batch, length) of an unpadded input; None: it came packed
     token_index: torch.Tensor | None = None  # [real_tokens]: each packed token's flat index in the padded batch
 
-    def pack(self, x: torch.Tensor, filler: float | int = 0) -> torch.Tensor:
-        """`[B, L, ...]` (or `[B, L]`) in the input's layout -> `[1, T', ...]`, the filler's rows set to `filler`."""
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, L, ...]` (or `[B, L]`) in the input's layout -> `[1, T', ...]`, the filler's rows zeros."""
         rows = x.flatten(0, 1)
         if self.token_index is not None:
             rows = rows.index_select(0, self.token_index)
         else:
             rows = rows[: self.real_tokens]
-        fill = rows.new_full((_round_up(self.real_tokens) - self.real_tokens, *rows.shape[1:]), filler)
+        fill = rows.new_zeros(_round_up(self.real_tokens) - self.real_tokens, *rows.shape[1:])
         return torch.cat((rows, fill)).unsqueeze(0)
 
     def unpack(self, x: torch.Tensor, flat: bool = False) -> torch.Tensor:
