@@ -39,8 +39,10 @@ def test_triton_backend_matches_torch_backend(dtype):
     logits, loss, grads = run(model, "triton", ids)
 
     # bf16: errors compound over two layers; Triton's interpreter also rounds bf16 stores toward zero (twice the
-    # rounding error of the GPU's round-to-nearest), and since norms and rotary are fused too, most stores are ours.
-    factor = 1.0 if dtype == torch.float32 else (2.0 if torch.cuda.is_available() else 3.0)
+    # rounding error of the GPU's round-to-nearest, and biased: it accumulates in sums such as a bias gradient over
+    # every token, 6.2e-2 with Triton 3.9's interpreter), and since norms and rotary are fused too, most stores are
+    # ours. On a GPU the factor stays 2.
+    factor = 1.0 if dtype == torch.float32 else (2.0 if torch.cuda.is_available() else 4.0)
     assert_close(logits, logits_t, dtype, "logits", factor)
     assert_close(loss, loss_t, dtype, "loss", factor)
     assert grads.keys() == grads_t.keys()
