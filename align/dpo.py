@@ -8,13 +8,14 @@ reference log-probs are computed once, by the starting model before training, an
 
 from trl import DPOTrainer
 
+from .crash_safe import CrashSafeCheckpointsMixin
 from .distributed import copy_model
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin, run_stage
 
 
-class JetMoEDPOTrainer(StopAtMaxStepsMixin, RouterLossMixin, DPOTrainer):
+class JetMoEDPOTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

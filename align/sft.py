@@ -3,12 +3,13 @@
 
 from trl import SFTTrainer
 
+from .crash_safe import CrashSafeCheckpointsMixin
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin, run_stage
 
 
-class JetMoESFTTrainer(StopAtMaxStepsMixin, RouterLossMixin, SFTTrainer):
+class JetMoESFTTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, SFTTrainer):
     """`SFTTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 
