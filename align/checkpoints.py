@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from safetensors import safe_open
@@ -70,6 +71,9 @@ def verify_checkpoint(path: Path) -> None:
         raise CheckpointFileError(f"{path}: no model weights (*.safetensors)")
     for file in weights:
         check_safetensors(file)
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]):
+        if not zipfile.is_zipfile(file):  # torch.save writes a zip archive, whose directory is at its end
+            raise CheckpointFileError(f"{file}: not a complete torch file (cut short while being written?)")
 
 
 def checkpoint_to_resume(output_dir: str, required: bool = True) -> str | None:

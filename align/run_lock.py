@@ -63,12 +63,13 @@ def earlier_run(output_dir: str | Path) -> str | None:
     return f"checkpoints of an unfinished run ({found[-1].name})" if found else None
 
 
-def refuse_earlier_run(output_dir: str | Path) -> None:
-    """A fresh start must not silently overwrite (or, through rotation, mix with) an earlier run."""
+def earlier_run_problem(output_dir: str | Path) -> str | None:
+    """Why a fresh start must not write to `output_dir`: it would silently overwrite (or, through rotation, mix
+    with) an earlier run."""
     found = earlier_run(output_dir)
     if found:
-        raise OutputDirError(f"{output_dir}: holds {found}; pass --resume to continue it or --overwrite_output_dir "
-                             "to replace it")
+        return f"{output_dir}: holds {found}; pass --resume to continue it or --overwrite_output_dir to replace it"
+    return None
 
 
 def clear_earlier_run(output_dir: str | Path) -> None:
@@ -88,6 +89,7 @@ def claimed_output_dir(training_args, resume: bool):
         yield
         return
     with output_dir_lock(training_args.output_dir):
-        if not resume:
-            refuse_earlier_run(training_args.output_dir)
+        problem = None if resume else earlier_run_problem(training_args.output_dir)
+        if problem:
+            raise OutputDirError(problem)
         yield
