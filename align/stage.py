@@ -10,8 +10,9 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import TrainOutput
 
-from .checkpoints import ResumeError, checkpoint_step, checkpoint_to_resume  # noqa: F401 (ResumeError: the CLI's user errors)
+from .checkpoints import ResumeError, checkpoint_step, checkpoint_to_resume  # noqa: F401 (the CLI's ResumeError)
 from .data import load_mixture
+from .data.truncation import TrainerTruncation
 from .distributed import prepare_for_sharding
 from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
@@ -62,7 +63,8 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
         model = build_model(recipe.model, tokenizer, seed=args.seed)
     logger.info("%s: model %s (%s, %.1fM parameters)", recipe.stage, recipe.model.name_or_path or "random init",
                 recipe.model.init, model.num_parameters() / 1e6)
-    splits, data_report = load_mixture(recipe.data, tokenizer)
+    truncation = TrainerTruncation.for_training(args, tokenizer, recipe.data.kind)
+    splits, data_report = load_mixture(recipe.data, tokenizer, truncation)
     eval_dataset = splits["test"] if len(splits["test"]) else None
 
     peft_config = jetmoe_lora_config(recipe.lora) if recipe.lora else None
@@ -70,6 +72,9 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
     if peft_config:
         stock_loadable(trainer.model)
+    if len(trainer.train_dataset) != data_report.train_rows:
+        logger.warning("%s: the trainer kept %d of the %d training rows the data report counts", recipe.stage,
+                       len(trainer.train_dataset), data_report.train_rows)
     if resume_from:
         logger.info("%s: resuming from %s", recipe.stage, resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
