@@ -78,15 +78,18 @@ def verify_checkpoint(path: Path) -> None:
 
 def checkpoint_to_resume(output_dir: str, required: bool = True) -> str | None:
     """The newest complete checkpoint in `output_dir`; damaged newer ones are skipped, each named in the log."""
+    skipped = []
     for path in reversed(checkpoints(output_dir)):
         try:
             verify_checkpoint(path)
         except CheckpointFileError as problem:
             logger.warning("resume: skipping %s: %s", path.name, problem)
+            skipped.append(str(problem))
             continue
         return str(path)
     if required:
-        raise ResumeError(f"--resume: no complete checkpoint-* directory in {output_dir} to resume from")
+        damaged = f" (skipped {len(skipped)} damaged, the newest: {skipped[0]})" if skipped else ""
+        raise ResumeError(f"--resume: no complete checkpoint-* directory in {output_dir} to resume from{damaged}")
     return None
 
 
