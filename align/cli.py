@@ -123,7 +123,7 @@ def _load_any(path: str, overrides: dict) -> list:
 
 def _prepare_output_dirs(recipes: list, args) -> None:
     """The pre-flight check of every stage before any loading; then `--overwrite_output_dir` clears earlier runs."""
-    preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)
+    preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir, check_lock=_is_main_process())
     if args.overwrite_output_dir and _is_main_process():
         for recipe in recipes:
             clear_earlier_run(recipe.training.output_dir)

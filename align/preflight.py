@@ -30,15 +30,17 @@ class PreflightError(RecipeError):
     """A run cannot start; the message lists every problem found, each naming its file and key."""
 
 
-def preflight(recipes: list[Recipe], resume: bool = False, overwrite: bool = False) -> None:
-    """Raise `PreflightError` listing every problem of these recipes (the stages of one command, in order)."""
+def preflight(recipes: list[Recipe], resume: bool = False, overwrite: bool = False, check_lock: bool = True) -> None:
+    """Raise `PreflightError` listing every problem of these recipes (the stages of one command, in order).
+    `check_lock` off: leave the output dirs' locks to the main process (the other processes of a launch would
+    find its lock taken)."""
     problems, count = [], 0
     produced = set()  # output directories of earlier stages: a later stage may start from them
     for recipe in recipes:
         in_recipe = recipe_problems(recipe, produced)
         if in_recipe:
             problems.append(f"{recipe.path}: " + "; ".join(in_recipe))
-        in_output = output_dir_problems(recipe.training.output_dir, resume, overwrite)
+        in_output = output_dir_problems(recipe.training.output_dir, resume, overwrite, check_lock)
         problems += in_output
         count += len(in_recipe) + len(in_output)
         produced.add(os.path.normpath(recipe.training.output_dir))
@@ -142,7 +144,7 @@ def data_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def output_dir_problems(output_dir: str, resume: bool, overwrite: bool) -> list[str]:
+def output_dir_problems(output_dir: str, resume: bool, overwrite: bool, check_lock: bool = True) -> list[str]:
     """Writable, not locked by a live run, and (unless resuming or overwriting) not holding an earlier run."""
     directory = Path(output_dir)
     existing = next((parent for parent in (directory, *directory.parents) if parent.exists()), Path("."))
@@ -155,8 +157,9 @@ def output_dir_problems(output_dir: str, resume: bool, overwrite: bool) -> list[
     if not directory.is_dir():
         return []
     try:
-        with output_dir_lock(directory):
-            pass
+        if check_lock:
+            with output_dir_lock(directory):
+                pass
     except OutputDirError as error:
         return [str(error)]
     problem = None if resume or overwrite else earlier_run_problem(output_dir)
