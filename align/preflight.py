@@ -35,6 +35,9 @@ def preflight(recipes: list[Recipe], resume: bool = False, overwrite: bool = Fal
     `check_lock` off: leave the output dirs' locks to the main process (the other processes of a launch would
     find its lock taken)."""
     problems, count = [], 0
+    if resume and overwrite:
+        problems, count = ["command line: --resume continues the run in the output dir, --overwrite_output_dir "
+                           "deletes it: choose one"], 1
     produced = set()  # output directories of earlier stages: a later stage may start from them
     for recipe in recipes:
         in_recipe = recipe_problems(recipe, produced)

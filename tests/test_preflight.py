@@ -83,6 +83,7 @@ def unwritable_dir(tmp_path) -> Path:
      ["dpo.yaml: training.beta: -1.0 must be a positive number"]),
     (["sft", "recipes/tiny/sft.yaml", "--output_dir", "{unwritable}"], ["{unwritable}: not writable"]),
     (["sft", "recipes/tiny/sft.yaml", "--output_dir", "{tmp}/file/out"], ["{tmp}/file/out: cannot be created"]),
+    (["sft", "recipes/tiny/sft.yaml", "--resume", "--overwrite_output_dir"], ["--resume continues", "choose one"]),
 ])
 def test_bad_input_is_named_in_one_line_before_anything_loads(argv, named, saved_model, truncated_model,
                                                               unwritable_dir, tmp_path, capsys, nothing_loads):
