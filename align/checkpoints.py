@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def check_safetensors(path: Path) -> None:
     try:
         with safe_open(str(path), "pt"):
             pass
-    except Exception as error:  # safetensors raises its own error type for every kind of damage
+    except (SafetensorError, OSError) as error:
         raise CheckpointFileError(f"{path}: not a complete safetensors file ({error}); it was probably cut short "
                                   "while being written or copied") from None
 

@@ -26,6 +26,7 @@ class CrashSafeCheckpointsMixin:
     _earlier_loss_sum: float | None = None
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        """`resume_from_checkpoint` is a path here (the stage picks the checkpoint)."""
         self._resumed_from = resume_from_checkpoint
         self._earlier_loss_sum = read_loss_tally(resume_from_checkpoint) if resume_from_checkpoint else None
         if resume_from_checkpoint and self._earlier_loss_sum is None:

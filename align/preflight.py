@@ -11,19 +11,18 @@ RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run it first. Every problem i
 import dataclasses
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from .checkpoints import CheckpointFileError, check_safetensors
 from .data import DataError, source_location
+from .data.sources import HUB_ID
 from .recipes import Recipe, RecipeError
 from .run_lock import OutputDirError, earlier_run_problem, output_dir_lock
 
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
 # Attention implementations JetMoE runs: transformers' registered ones (flash, flex, sdpa) and its eager path.
 BUILTIN_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class PreflightError(RecipeError):
@@ -103,12 +102,13 @@ def model_problems(recipe: Recipe, produced: set[str]) -> list[str]:
 
 def path_problems(key: str, name_or_path: str, produced: set[str], markers: tuple[str, ...]) -> list[str]:
     """A local directory must hold one of `markers` and intact safetensors files; a name that is not on disk must
-    look like a hub id (`org/name`) whose first part is not a local directory (`runs/sftt` is a typo, not a repo)."""
+    look like a hub id (`org/name`, `name`) whose first part is not a local directory (`runs/sftt` is a typo in a
+    local path, not a repository)."""
     path = Path(name_or_path)
     if os.path.normpath(name_or_path) in produced:
         return []
     if not path.exists():
-        if _HUB_ID.match(name_or_path) and not Path(path.parts[0]).is_dir():
+        if HUB_ID.match(name_or_path) and not Path(path.parts[0]).is_dir():
             return []
         return [f"{key}: {name_or_path}: no such directory (and not a hub id)"]
     if not path.is_dir():
