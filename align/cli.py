@@ -21,13 +21,12 @@ from pathlib import Path
 from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
-from .checkpoints import CheckpointFileError
+from .checkpoints import CheckpointFileError, ResumeError
 from .data import DataError
 from .export import ExportError
 from .preflight import preflight
 from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides, read_yaml
 from .run_lock import OutputDirError, clear_earlier_run
-from .stage import ResumeError
 
 USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, CheckpointFileError, OutputDirError,
                JetMoECheckpointError, JetMoEInputError, OSError)

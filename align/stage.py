@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import TrainOutput
 
-from .checkpoints import ResumeError, checkpoint_step, checkpoint_to_resume  # noqa: F401 (the CLI's ResumeError)
+from .checkpoints import checkpoint_step, checkpoint_to_resume
 from .data import load_mixture
 from .data.truncation import TrainerTruncation
 from .distributed import prepare_for_sharding
@@ -100,4 +100,3 @@ def train_metrics(result: TrainOutput, resumed_step: int | None, output_dir: Pat
     if previous.is_file():
         return json.loads(previous.read_text())["train"]
     return {key: value for key, value in result.metrics.items() if key != "train_loss"}
-

@@ -113,10 +113,10 @@ def test_resume_skips_a_damaged_checkpoint_by_name(damage, named, uninterrupted,
 
 
 def test_a_second_run_on_a_live_output_dir_is_refused_naming_the_first(tmp_path, capsys):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from align.run_lock import output_dir_lock\n"
-                               f"with output_dir_lock({str(tmp_path)!r}):\n print('locked', flush=True); time.sleep(60)"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    hold = (f"import time\nfrom align.run_lock import output_dir_lock\nwith output_dir_lock({str(tmp_path)!r}):\n"
+            "    print('locked', flush=True)\n    time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path), *STEPS]) == 2
