@@ -3,7 +3,7 @@
     sft RECIPE.yaml [--key value ...] [--resume]        one stage (TRL field names: --output_dir X --max_steps 3;
     dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32)
     pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
-    check RECIPE.yaml [--key value ...]                 the pre-flight check alone (stage or pipeline recipe)
+    check RECIPE.yaml [--key value ...] [--resume]      the pre-flight check alone (stage or pipeline recipe)
     init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
     build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
     generate MODEL_DIR QUESTION                         answer with a saved chat model (stock transformers)
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="replace an earlier run (its checkpoints and records) in the output dir")
     check = commands.add_parser("check", help="check a stage or pipeline recipe without loading model or data")
     check.add_argument("recipe")
+    check.add_argument("--resume", action="store_true", help="check it for a resumed run")
+    check.add_argument("--overwrite_output_dir", action="store_true", help="check it for a run that replaces one")
     init = commands.add_parser("init-tiny", help="save the random-init base model and tokenizer of a recipe")
     init.add_argument("out_dir")
     init.add_argument("--recipe", default="recipes/tiny/sft.yaml")
@@ -81,7 +83,7 @@ def _run(args, overrides: dict) -> None:
         _say(summary(*run_pipeline(*recipes, resume=args.resume)))
     elif args.command == "check":
         recipes = _load_any(args.recipe, overrides)
-        preflight(recipes)
+        preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)
         _say(f"{args.recipe}: ok (" + ", ".join(f"{r.stage} -> {r.training.output_dir}" for r in recipes) + ")")
     elif args.command == "init-tiny":
         from .model_loading import build_model

@@ -9,6 +9,7 @@ RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run it first. Every problem i
 """
 
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -116,6 +117,12 @@ def path_problems(key: str, name_or_path: str, produced: set[str], markers: tupl
     if not any((path / marker).is_file() for marker in markers):
         return [f"{key}: {name_or_path}: no {' or '.join(markers)} (not a saved model directory)"]
     problems = []
+    for marker in markers:
+        if marker.endswith(".json") and (path / marker).is_file():
+            try:
+                json.loads((path / marker).read_text(encoding="utf-8"))
+            except (ValueError, OSError) as error:
+                problems.append(f"{key}: {path / marker}: not valid JSON ({error})")
     for file in sorted(path.glob("*.safetensors")):
         try:
             check_safetensors(file)

@@ -4,6 +4,7 @@ the rows that are trained on."""
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,17 @@ def saved_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def truncated_model(saved_model, tmp_path) -> Path:
     copy = tmp_path / "truncated"
-    copy.mkdir()
-    for file in saved_model.iterdir():
-        (copy / file.name).write_bytes(file.read_bytes())
+    shutil.copytree(saved_model, copy)
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return copy
+
+
+@pytest.fixture
+def broken_config(saved_model, tmp_path) -> Path:
+    copy = tmp_path / "broken"
+    shutil.copytree(saved_model, copy)
+    (copy / "config.json").write_text('{"model_type": "jetmoe",')
     return copy
 
 
@@ -77,6 +84,8 @@ def unwritable_dir(tmp_path) -> Path:
      ["model.name_or_path: {tmp}: no config.json or adapter_config.json (not a saved model directory)"]),
     (["dpo", "recipes/tiny/dpo.yaml", "--model.name_or_path", "{truncated}"],
      ["model.name_or_path: {truncated}/model.safetensors: not a complete safetensors file"]),
+    (["dpo", "recipes/tiny/dpo.yaml", "--model.name_or_path", "{broken}"],
+     ["model.name_or_path: {broken}/config.json: not valid JSON"]),
     (["sft", "recipes/tiny/sft.yaml", "--data.sources", "[{path: data/samples/nope.jsonl}]"],
      ["data.sources[0]: data/samples/nope.jsonl: no such file or directory"]),
     (["pipeline", "recipes/tiny/pipeline.yaml", "--dpo.beta", "-1"],  # DPO's mistake, found before SFT runs
@@ -85,11 +94,11 @@ def unwritable_dir(tmp_path) -> Path:
     (["sft", "recipes/tiny/sft.yaml", "--output_dir", "{tmp}/file/out"], ["{tmp}/file/out: cannot be created"]),
     (["sft", "recipes/tiny/sft.yaml", "--resume", "--overwrite_output_dir"], ["--resume continues", "choose one"]),
 ])
-def test_bad_input_is_named_in_one_line_before_anything_loads(argv, named, saved_model, truncated_model,
+def test_bad_input_is_named_in_one_line_before_anything_loads(argv, named, saved_model, truncated_model, broken_config,
                                                               unwritable_dir, tmp_path, capsys, nothing_loads):
     (tmp_path / "file").write_text("")
-    places = {"{base}": saved_model, "{truncated}": truncated_model, "{unwritable}": unwritable_dir,
-              "{tmp}": tmp_path}
+    places = {"{base}": saved_model, "{truncated}": truncated_model, "{broken}": broken_config,
+              "{unwritable}": unwritable_dir, "{tmp}": tmp_path}
 
     def place(text: str) -> str:
         for key, value in places.items():
@@ -111,6 +120,10 @@ def test_check_alone(saved_model, tmp_path, capsys):
     assert "dpo -> runs/tiny/dpo" in capsys.readouterr().out
     assert main(["check", "recipes/tiny/sft.yaml", "--learning_rate", "0"]) == 2
     assert "training.learning_rate: 0.0 must be a positive number" in error_line(capsys)
+    (tmp_path / "sft" / "checkpoint-1").mkdir(parents=True)
+    assert main(["check", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "sft")]) == 2
+    assert "checkpoints of an unfinished run (checkpoint-1); pass --resume" in error_line(capsys)
+    assert main(["check", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path / "sft"), "--resume"]) == 0
 
 
 def test_generate_names_a_directory_without_a_model(tmp_path, capsys):
