@@ -1,10 +1,11 @@
 """The pre-flight check: everything about a run that can be checked before any model or data is loaded, checked
 at once, so a bad value costs seconds instead of a data load or a whole training run.
 
-Values in range (learning rate, batch sizes, lengths, steps, beta, LoRA rank), dtypes and attention
-implementations known, model and tokenizer paths that exist locally (with the files a saved model has, their
-safetensors headers intact) or look like hub ids, data sources that exist, output directories that are writable,
-not in use by another run and not holding an earlier run (unless resuming or overwriting). `python -m align check
+Values in range (learning rate, batch sizes, lengths, steps, beta, LoRA alpha and dropout; LoRA's rank is
+checked as the recipe is read), dtypes and attention implementations known, model and tokenizer paths that exist
+locally (with the files a saved model has, valid JSON, intact safetensors headers) or look like hub ids, data
+sources that exist, output directories that are writable, not in use by another run and not holding an earlier
+run (unless resuming or overwriting). `python -m align check
 RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run it first. Every problem is reported in one line.
 """
 
@@ -134,9 +135,7 @@ def path_problems(key: str, name_or_path: str, produced: set[str], markers: tupl
 def lora_problems(lora) -> list[str]:
     if lora is None:
         return []
-    problems = []
-    if lora.r < 1:
-        problems.append(f"lora.r: {lora.r} must be at least 1")
+    problems = []  # lora.r is checked as the recipe is read
     if not lora.alpha > 0:
         problems.append(f"lora.alpha: {lora.alpha} must be positive")
     if not 0 <= lora.dropout < 1:
