@@ -6,6 +6,7 @@ reference log-probs are computed once, by the starting model before training, an
 (`peft_config`) there is no copy either: TRL computes the reference with the policy's adapters disabled.
 """
 
+from datasets import Dataset
 from trl import DPOTrainer
 
 from .crash_safe import CrashSafeCheckpointsMixin
@@ -13,9 +14,35 @@ from .distributed import copy_model
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin, run_stage
+from .token_batches import TokenBalancedBatchesMixin
 
 
-class JetMoEDPOTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, DPOTrainer):
+class PairLengthsMixin:
+    """Token-sized micro-batches for DPO (`align.token_batches`, `train_sampling_strategy: batch_rebalance`: the
+    effective batch stays `per_device_train_batch_size * gradient_accumulation_steps * GPUs` pairs). The sampler
+    reads a `length` column, which DPO's tokenised data lacks: a pair's chosen plus rejected tokens."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        if args.train_sampling_strategy != "batch_rebalance" or not isinstance(dataset, Dataset):
+            return dataset
+        return dataset.map(pair_length, fn_kwargs={"max_length": args.max_length}, desc=f"Measuring {dataset_name} pairs")
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, "length"]
+
+
+def pair_length(example: dict, max_length: int | None) -> dict:
+    prompt = len(example["prompt_ids"])
+    chosen, rejected = prompt + len(example["chosen_ids"]), prompt + len(example["rejected_ids"])
+    if max_length is not None:
+        chosen, rejected = min(chosen, max_length), min(rejected, max_length)
+    return {"length": chosen + rejected}
+
+
+class JetMoEDPOTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, TokenBalancedBatchesMixin,
+                       PairLengthsMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

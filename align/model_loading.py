@@ -2,6 +2,7 @@
 transformers' JetMoe shares the "jetmoe" model type), or a seeded random init for tiny runs."""
 
 import torch
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
@@ -27,8 +28,14 @@ def model_config(args: ModelArgs, tokenizer=None) -> JetMoEConfig:
     return JetMoEConfig(**base)
 
 
-def build_model(args: ModelArgs, tokenizer=None, seed: int = 0, meta: bool = False) -> JetMoEForCausalLM:
-    """`meta=True` builds the architecture without weights (no memory, no download beyond config.json)."""
+def build_model(args: ModelArgs, tokenizer=None, seed: int = 0, meta: bool = False,
+                device: torch.device | str | None = None) -> JetMoEForCausalLM:
+    """`meta=True` builds the architecture without weights (no memory, no download beyond config.json).
+
+    `device`: where the weights are made or loaded (a random JetMoE-8B takes minutes on a CPU, seconds on a GPU).
+    Under DeepSpeed ZeRO-3 it is ignored: `_from_config` and `from_pretrained` build the model sharded."""
+    if is_deepspeed_zero3_enabled():
+        device = None
     if args.init == "random" or meta:
         config = model_config(args, tokenizer)
         if args.attn_implementation:
@@ -37,15 +44,15 @@ def build_model(args: ModelArgs, tokenizer=None, seed: int = 0, meta: bool = Fal
             with torch.device("meta"):
                 return JetMoEForCausalLM(config)
         torch.manual_seed(seed)
-        model = JetMoEForCausalLM(config)
-        if args.dtype != "auto":
-            model = model.to(_dtype(args.dtype))
+        with torch.device(device or "cpu"):
+            model = JetMoEForCausalLM._from_config(config, dtype=None if args.dtype == "auto" else _dtype(args.dtype))
     else:
         model = JetMoEForCausalLM.from_pretrained(
             args.name_or_path,
             dtype=_dtype(args.dtype),
             attn_implementation=args.attn_implementation,
             moe_backend=args.moe_backend,
+            device_map={"": torch.device(device)} if device is not None else None,
             **args.config,
         )
     if tokenizer is not None:

@@ -58,9 +58,9 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
     if recipe.lora:  # adapters go on a checkpoint they can name (saved to {output_dir}/base when in memory only)
-        model = lora_base_model(recipe.model, tokenizer, args.output_dir, args.seed)
+        model = lora_base_model(recipe.model, tokenizer, args.output_dir, args.seed, device=args.device)
     else:
-        model = build_model(recipe.model, tokenizer, seed=args.seed)
+        model = build_model(recipe.model, tokenizer, seed=args.seed, device=args.device)
     logger.info("%s: model %s (%s, %.1fM parameters)", recipe.stage, recipe.model.name_or_path or "random init",
                 recipe.model.init, model.num_parameters() / 1e6)
     truncation = TrainerTruncation.for_training(args, tokenizer, recipe.data.kind)

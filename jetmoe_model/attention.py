@@ -15,6 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .experts import MoAExperts
 from .kv_cache import update_cache
 from .layers import apply_rotary
+from .varlen_attention import varlen_attention
 
 
 def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -44,8 +45,10 @@ class MoAAttention(nn.Module):
         self.experts = MoAExperts(config)
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.kv_channels * config.num_key_value_heads, bias=False)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
-        """Returns the attention output `[B, L, hidden]` and the MoA router logits `[B*L, E]`."""
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, packed=None,
+                **kwargs):  # fmt: skip
+        """Returns the attention output `[B, L, hidden]` and the MoA router logits `[B*L, E]`. With `packed`
+        (a `PackedBatch`), the batch is one row of sequences laid end to end, each attending only to itself."""
         batch, length, _ = hidden_states.shape
         heads, k, dim = self.num_key_value_heads, self.top_k, self.head_dim
 
@@ -58,6 +61,13 @@ class MoAAttention(nn.Module):
         cos, sin = position_embeddings
         backend = self.experts.backend
         query, key = apply_rotary(query, cos, sin, backend), apply_rotary(key, cos, sin, backend)
+        if packed is not None:  # [1, heads*k, T, dim] -> [T, heads*k, dim] views, the layout varlen kernels read
+            attn = varlen_attention(
+                query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), packed.cu_seqlens,
+                packed.max_length, self.scaling, self.config.attention_dropout if self.training else 0.0,
+            )  # fmt: skip
+            attn = attn.view(1, length, heads, k, dim).transpose(2, 3)
+            return self.experts.reduce(attn.reshape(1, length, k, heads * dim), routing), router_logits
         only_this_chunk = True  # keys and values are this call's own: no earlier positions cached
         if past_key_values is not None:
             cached_key, cached_value = update_cache(past_key_values, self.layer_idx, key, value)

@@ -18,10 +18,13 @@ class JetMoEConfig(JetMoeConfig):
         load-balancing loss. Both are added to the training loss when `output_router_logits` is on.
     moe_backend: "torch" (the PyTorch reference), "triton" (our kernels: experts, RMSNorm, rotary) or "auto"
         (Triton on CUDA).
+    padding_free: forwards without a KV cache (training, scoring) compute only the real tokens of a padded batch,
+        and keep the sequences of a packed row apart by their boundaries (`jetmoe_model.packing`).
     """
 
     router_z_loss_coef: float = 0.001
     moe_backend: str = "auto"
+    padding_free: bool = True
 
     def __post_init__(self, **kwargs):
         for legacy, field in _LEGACY_FIELDS.items():

@@ -18,7 +18,12 @@ from .configuration import MOE_BACKENDS, JetMoEConfig
 from .experts import MoAExperts, MoEMLP, ParallelExperts
 from .input_checks import check_inputs
 from .layers import RMSNorm, RotaryEmbedding
+from .packing import PackedBatch, from_packed_row, packed_positions, unpad
 from .router_losses import load_balancing_loss, router_z_loss
+
+
+# What TRL's padding-free collator passes for flash attention's varlen path; a packed forward has its own.
+_PACKED_ROW_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
 @dataclass
@@ -141,20 +146,26 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)
-            position_ids = position_ids.unsqueeze(0)
-
-        # Padding-free packing: with no attention mask, positions restarting at 0 start a new sequence, and
-        # create_causal_mask (or flash attention's varlen path) keeps the packed sequences apart. It only looks for
-        # packed rows when there is no cache, and an empty cache changes nothing else in the mask.
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values if past_length else None,
-            position_ids=position_ids,
-        )
+        packed = self._packed_batch(attention_mask, position_ids, past_key_values, kwargs)
+        if packed is not None:  # one row of real tokens: no mask, attention kept apart by the boundaries
+            position_ids = packed_positions(packed, position_ids, inputs_embeds.device)
+            inputs_embeds = packed.pack(inputs_embeds)
+            mask = None
+            kwargs = {key: value for key, value in kwargs.items() if key not in _PACKED_ROW_KWARGS}
+        else:
+            if position_ids is None:
+                position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)
+                position_ids = position_ids.unsqueeze(0)
+            # With padding_free off and no attention mask, positions restarting at 0 still start a new sequence:
+            # create_causal_mask keeps packed sequences apart (as a mask, slowly). It only looks for packed rows when
+            # there is no cache, and an empty cache changes nothing else in the mask.
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values if past_length else None,
+                position_ids=position_ids,
+            )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
@@ -169,12 +180,18 @@ class JetMoEModel(JetMoEPreTrainedModel):
                 attention_mask=mask,
                 past_key_values=past_key_values,
                 position_ids=position_ids,
+                packed=packed,
                 **kwargs,
             )
             router_logits += [attn_logits, mlp_logits]
         hidden_states = self.norm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
+        if packed is not None:  # back to the caller's layout
+            hidden_states = packed.unpack(hidden_states)
+            router_logits = [packed.unpack(logits.unsqueeze(0), flat=True) for logits in router_logits]
+            if all_hidden_states is not None:
+                all_hidden_states = [packed.unpack(states) for states in all_hidden_states]
 
         return JetMoEModelOutput(
             last_hidden_state=hidden_states,
@@ -182,6 +199,24 @@ class JetMoEModel(JetMoEPreTrainedModel):
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
             router_logits=tuple(router_logits),
         )
+
+
+    def _packed_batch(self, attention_mask, position_ids, past_key_values, kwargs) -> PackedBatch | None:
+        """How this forward runs padding-free, or None. Only without a cache (training, scoring), with
+        `config.padding_free` and SDPA or flash attention: a padded batch is unpadded; one row of sequences packed
+        end to end (TRL's padding-free collator) is taken as it comes."""
+        if not self.config.padding_free or past_key_values is not None:
+            return None
+        if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
+            return None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or bool(attention_mask.all()):
+                return None
+            return unpad(attention_mask)
+        if position_ids is None or position_ids.shape[0] != 1:
+            return None
+        packed = from_packed_row(position_ids, kwargs.get("cu_seq_lens_q"))
+        return packed if len(packed.cu_seqlens) > 2 else None  # several sequences, or one and a filler
 
 
 class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):

@@ -27,14 +27,14 @@ def _load_halves(AB, M, F, stride_ab, BLOCK_M: tl.constexpr, BLOCK_F: tl.constex
     return rows64, cols[None, :], mask, a, b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # the batch's routed rows: no recompile as they change
 def _silu_glu_fwd_kernel(AB, H, M, F, stride_ab, stride_h, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     rows64, cols, mask, a, b = _load_halves(AB, M, F, stride_ab, BLOCK_M, BLOCK_F)
     h = a * tl.sigmoid(a) * b
     tl.store(H + rows64 * stride_h + cols, h.to(H.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _silu_glu_bwd_kernel(AB, DH, DAB, M, F, stride_ab, stride_dh, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     rows64, cols, mask, a, b = _load_halves(AB, M, F, stride_ab, BLOCK_M, BLOCK_F)
     dh = tl.load(DH + rows64 * stride_dh + cols, mask=mask, other=0.0).to(tl.float32)

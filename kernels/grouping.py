@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_slots"])  # a batch-dependent size: no recompiles as it changes
 def _group_slots_kernel(
     EXPERTS, SORTED_EXPERTS, SORTED_SLOTS, SLOT_ROWS, TOKEN_ROWS, COUNTS, STARTS, ENDS,
     num_slots, TOP_K: tl.constexpr, BLOCK: tl.constexpr,
@@ -47,7 +47,7 @@ def _group_slots_kernel(
         place += tl.sum(hits, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tiles"])  # a batch-dependent size: no recompiles as it changes
 def _plan_tiles_kernel(
     STARTS, ENDS, ROW_START, ROW_END, TILE_EXPERT, num_tiles, num_experts,
     BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr,

@@ -26,7 +26,7 @@ def _rmsnorm_fwd_kernel(X, W, Y, RSTD, N, eps, BLOCK_N: tl.constexpr):
     tl.store(RSTD + row, rstd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "rows_per_program"])  # batch-dependent sizes: no recompiles as they change
 def _rmsnorm_bwd_kernel(X, W, DY, DX, RSTD, DW_PARTIAL, M, N, rows_per_program, BLOCK_N: tl.constexpr):
     """Each program takes a run of rows: their input gradients, and the sum of their weight gradients."""
     pid = tl.program_id(0)

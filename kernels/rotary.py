@@ -16,7 +16,7 @@ import triton.language as tl
 from .schedule import interpreting
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L"])  # the sequence length: no recompile for each new one
 def _rotary_kernel(
     X, COS, SIN, Y, L, HEADS, H2,
     sx_b, sx_h1, sx_h2, sx_l, sx_d, sy_b, sy_h1, sy_h2, sy_l, sy_d, st_b, st_l,

@@ -39,7 +39,9 @@ def _weight_tile(W_DESC, w_ptrs, expert, n0, k0, k_mask, col_mask, W_TMA: tl.con
     return tl.load(w_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
 
 
-@triton.jit
+# num_tiles follows the batch's token count: specialised (divisible by 16 or not), each new kind of value would
+# compile a variant of this kernel in the middle of training, a stall of a second or more.
+@triton.jit(do_not_specialize=["num_tiles"])
 def _scatter_mm_kernel(
     X, W, W_DESC, Y, AB, in_rows, out_rows, tile_start, tile_end, tile_expert,
     num_tiles, N, K,

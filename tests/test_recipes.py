@@ -55,11 +55,15 @@ def test_section_overrides_and_type_conversion():
 def test_the_8b_recipes_hold_the_report_settings():
     sft = load_recipe("recipes/jetmoe-8b-chat/sft/config_full.yaml", "sft", ON_CPU)
     dpo = load_recipe("recipes/jetmoe-8b-chat/dpo/config_full.yaml", "dpo", ON_CPU)
-    effective = {stage: r.training.per_device_train_batch_size * r.training.gradient_accumulation_steps * 8
-                 for stage, r in (("sft", sft), ("dpo", dpo))}
-    assert effective == {"sft": 128, "dpo": 128}  # on 8 GPUs, as the recipes' comments say
+    rows = {stage: r.training.per_device_train_batch_size * r.training.gradient_accumulation_steps * 8
+            for stage, r in (("sft", sft), ("dpo", dpo))}  # on 8 GPUs, as the recipes' comments say
+    assert rows["dpo"] == 128
+    # SFT rows are packed rows of max_length tokens: the report's 128 conversations of the mixture's mean 837
+    # tokens, within 10%.
+    assert sft.training.packing and sft.training.padding_free
+    assert 0.9 < rows["sft"] * sft.training.max_length / (128 * 837) < 1.1
     assert (sft.training.learning_rate, sft.training.num_train_epochs, sft.training.bf16) == (2e-5, 3, True)
-    assert sft.training.activation_checkpointing and sft.training.assistant_only_loss
+    assert sft.training.assistant_only_loss and dpo.training.train_sampling_strategy == "batch_rebalance"
     assert (dpo.training.learning_rate, dpo.training.num_train_epochs, dpo.training.beta) == (5e-7, 1, 0.01)
 
 

@@ -42,22 +42,24 @@ def untie_embeddings(model: JetMoEForCausalLM) -> None:
     model.config.tie_word_embeddings = False
 
 
-def lora_base_model(model_args, tokenizer, output_dir: str | Path, seed: int) -> JetMoEForCausalLM:
-    """The model a LoRA stage puts fresh adapters on, loaded from the checkpoint its adapter will name."""
+def lora_base_model(model_args, tokenizer, output_dir: str | Path, seed: int, device=None) -> JetMoEForCausalLM:
+    """The model a LoRA stage puts fresh adapters on: the checkpoint its adapter will name, or (weights only in
+    memory) the model as just saved under `{output_dir}/base`, which the adapter then names."""
     from ..model_loading import build_model
 
     if is_adapter_dir(model_args.name_or_path):
         base_args = dataclasses.replace(model_args, name_or_path=adapter_base(model_args.name_or_path))
-        model = merge_adapter(build_model(base_args, tokenizer, seed=seed), model_args.name_or_path)
+        model = merge_adapter(build_model(base_args, tokenizer, seed=seed, device=device), model_args.name_or_path)
     else:
-        model = build_model(model_args, tokenizer, seed=seed)
+        model = build_model(model_args, tokenizer, seed=seed, device=device)
         if model_args.init != "random":
             return model
     base_dir = str(Path(output_dir) / "base")
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     logger.info("LoRA base, named by the adapter: %s", base_dir)
-    return build_model(dataclasses.replace(model_args, name_or_path=base_dir, init="pretrained"), tokenizer, seed=seed)
+    model.name_or_path = model.config._name_or_path = base_dir  # what PEFT records as base_model_name_or_path
+    return model
 
 
 def stock_loadable(model: PeftModel) -> PeftModel:

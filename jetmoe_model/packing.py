@@ -1,0 +1,96 @@
+"""Padding-free forwards: a batch's sequences laid end to end in one row, attention kept inside each sequence by
+their boundaries, so that no compute goes to padding tokens.
+
+Two ways in, one representation:
+- a padded batch with an attention mask (DPO's chosen and rejected rows, SFT without packing) is unpadded here,
+  and the outputs are put back in the padded layout (zeros at padding), so callers see no difference;
+- a batch TRL's padding-free collator already packed into one row (`cu_seq_lens_q` and friends, or position ids
+  that restart at 0) is used as it is.
+
+Either way the packed row is rounded up to a multiple of `PACK_MULTIPLE` tokens by one filler sequence. Training
+then sees few distinct shapes, each divisible by 16: Triton specialises kernels on that, and a new specialisation
+compiled in the middle of training stalls a step for seconds.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+PACK_MULTIPLE = 64
+
+
+@dataclass
+class PackedBatch:
+    """Where the tokens of a packed row come from and how to put outputs back."""
+
+    cu_seqlens: torch.Tensor  # int32 [sequences + 2] on the model's device: boundaries, the filler's last
+    max_length: int  # longest sequence (the filler included)
+    real_tokens: int  # tokens before the filler
+    padded_shape: tuple[int, int] | None = None  # (batch, length) of an unpadded input; None: it came packed
+    token_index: torch.Tensor | None = None  # [real_tokens]: each packed token's flat index in the padded batch
+
+    def pack(self, x: torch.Tensor, filler: float | int = 0) -> torch.Tensor:
+        """`[B, L, ...]` (or `[B, L]`) in the input's layout -> `[1, T', ...]`, the filler's rows set to `filler`."""
+        rows = x.flatten(0, 1)
+        if self.token_index is not None:
+            rows = rows.index_select(0, self.token_index)
+        else:
+            rows = rows[: self.real_tokens]
+        fill = rows.new_full((_round_up(self.real_tokens) - self.real_tokens, *rows.shape[1:]), filler)
+        return torch.cat((rows, fill)).unsqueeze(0)
+
+    def unpack(self, x: torch.Tensor, flat: bool = False) -> torch.Tensor:
+        """`[1, T', ...]` -> the input's layout (`[B, L, ...]`, or `[B*L, ...]` with `flat`), zeros at padding."""
+        rows = x[0, : self.real_tokens]
+        if self.token_index is not None:
+            batch, length = self.padded_shape
+            rows = rows.new_zeros(batch * length, *rows.shape[1:]).index_copy(0, self.token_index, rows)
+            return rows if flat else rows.view(batch, length, *rows.shape[1:])
+        return rows if flat else rows.unsqueeze(0)
+
+
+def _round_up(tokens: int) -> int:
+    return -(-tokens // PACK_MULTIPLE) * PACK_MULTIPLE
+
+
+def _boundaries(lengths: list[int], device) -> tuple[torch.Tensor, int]:
+    """cu_seqlens for `lengths` plus the filler that rounds their total up, and the longest."""
+    total = sum(lengths)
+    filler = _round_up(total) - total
+    lengths = lengths + [filler] if filler else lengths
+    ends = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    return ends.to(device, non_blocking=True), max(lengths)
+
+
+def unpad(attention_mask: torch.Tensor) -> PackedBatch:
+    """The real tokens of a padded `[B, L]` batch (any padding side), row by row."""
+    lengths = attention_mask.sum(1).tolist()
+    cu_seqlens, max_length = _boundaries([n for n in lengths if n], attention_mask.device)
+    token_index = attention_mask.flatten().nonzero().squeeze(1)
+    return PackedBatch(cu_seqlens, max_length, sum(lengths), tuple(attention_mask.shape), token_index)
+
+
+def from_packed_row(position_ids: torch.Tensor, cu_seq_lens: torch.Tensor | None = None) -> PackedBatch:
+    """A row `[1, T]` of sequences laid end to end: boundaries from the collator's `cu_seq_lens`, else where the
+    position ids restart at 0."""
+    length = position_ids.shape[1]
+    if cu_seq_lens is None:
+        starts = (position_ids[0] == 0).nonzero().squeeze(1).tolist()
+        ends = starts[1:] + [length]
+    else:
+        ends = cu_seq_lens.tolist()
+        starts, ends = ends[:-1], ends[1:]
+    cu_seqlens, max_length = _boundaries([end - start for start, end in zip(starts, ends)], position_ids.device)
+    return PackedBatch(cu_seqlens, max_length, length)
+
+
+def packed_positions(batch: PackedBatch, position_ids: torch.Tensor | None, device) -> torch.Tensor:
+    """Each packed token's position (as the padded forward would give it), the filler counting from 0."""
+    if position_ids is None:
+        batch_size, length = batch.padded_shape
+        position_ids = torch.arange(length, device=device).expand(batch_size, length)
+    packed = batch.pack(position_ids.expand(*(batch.padded_shape or position_ids.shape)))
+    filler = _round_up(batch.real_tokens) - batch.real_tokens
+    if filler:
+        packed[0, batch.real_tokens:] = torch.arange(filler, device=device)
+    return packed
