@@ -72,7 +72,7 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
     if peft_config:
         stock_loadable(trainer.model)
-    if len(trainer.train_dataset) != data_report.train_rows:
+    if not getattr(args, "packing", False) and len(trainer.train_dataset) != data_report.train_rows:
         logger.warning("%s: the trainer kept %d of the %d training rows the data report counts", recipe.stage,
                        len(trainer.train_dataset), data_report.train_rows)
     if resume_from:
