@@ -208,3 +208,22 @@ def test_pairs_whose_prompt_fills_max_length_are_counted(tmp_path):
     assert report.as_dict()["totals"]["dropped"] == {"fully_masked": 1}
     assert "the prompt alone is" in report.as_dict()["sources"][0]["splits"]["train"]["drop_examples"][
         "fully_masked"][0]
+
+
+@pytest.mark.parametrize("settings, cut", [
+    (dict(kind="sft", assistant_only_loss=True), ("sft", 64, "keep_end")),
+    (dict(kind="sft", assistant_only_loss=True, packing=True, packing_strategy="bfd"), ("sft", 64, "keep_start")),
+    (dict(kind="sft", assistant_only_loss=True, packing=True, packing_strategy="wrapped"), None),
+    (dict(kind="sft", assistant_only_loss=False), None),
+    (dict(kind="preference"), None),  # keep_end keeps every pair's response end
+    (dict(kind="preference", max_length=None, truncation_mode="keep_start"), None),
+])
+def test_the_cut_follows_the_trainer_config(settings, cut):
+    from types import SimpleNamespace
+
+    from align.data.truncation import TrainerTruncation
+
+    kind = settings.pop("kind")
+    args = SimpleNamespace(**{"max_length": 64, "truncation_mode": "keep_end", **settings})
+    found = TrainerTruncation.for_training(args, None, kind)
+    assert (None if found is None else (found.kind, found.max_length, found.mode)) == cut

@@ -2,7 +2,8 @@
 
 TRL tokenizes every row, truncates it to `max_length` and silently drops the rows left with nothing to train on:
 SFT with `assistant_only_loss` drops a conversation whose assistant tokens all fall past the cut (`keep_start`)
-or before it (`keep_end`); DPO with `keep_start` drops a pair whose prompt alone fills `max_length`. Run here
+or before it (`keep_end`) (packed with `bfd`, it keeps such a conversation, which trains on nothing); DPO with
+`keep_start` drops a pair whose prompt alone fills `max_length`. Run here
 first, with the trainer's own tokenization, those rows are dropped and counted under `fully_masked` per source,
 so `run.json` counts the rows that are really trained on.
 """
@@ -30,13 +31,17 @@ class TrainerTruncation:
 
     @classmethod
     def for_training(cls, args, tokenizer, kind: str) -> TrainerTruncation | None:
-        """The cut a TRL config makes, or None when it drops nothing (no max_length, packing, every token trained)."""
+        """The cut a TRL config makes, or None when it drops nothing (no max_length, every token trained, packing
+        that keeps every token). Packing `bfd` cuts each conversation at `max_length` from its start and keeps the
+        rest packed, so a conversation with nothing left to train on is dead weight: counted the same way."""
         max_length = getattr(args, "max_length", None)
-        if max_length is None or getattr(args, "packing", False):
-            return None
         mode = getattr(args, "truncation_mode", "keep_start")
+        if getattr(args, "packing", False):
+            if getattr(args, "packing_strategy", "bfd") != "bfd":
+                return None
+            mode = "keep_start"
         assistant_only = bool(getattr(args, "assistant_only_loss", False))
-        if kind == "sft" and not assistant_only or kind == "preference" and mode != "keep_start":
+        if max_length is None or kind == "sft" and not assistant_only or kind == "preference" and mode != "keep_start":
             return None
         return cls(tokenizer, kind, max_length, mode, assistant_only)
 
