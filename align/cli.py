@@ -3,12 +3,14 @@
     sft RECIPE.yaml [--key value ...] [--resume]        one stage (TRL field names: --output_dir X --max_steps 3;
     dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32)
     pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
+    check RECIPE.yaml [--key value ...] [--resume]      the pre-flight check alone (stage or pipeline recipe)
     init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
     build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
     generate MODEL_DIR QUESTION                         answer with a saved chat model (stock transformers)
     export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
+`--overwrite_output_dir` lets sft/dpo/pipeline replace an earlier run in the output dir (else refused).
 """
 
 import argparse
@@ -19,12 +21,15 @@ from pathlib import Path
 from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
+from .checkpoints import CheckpointFileError, ResumeError
 from .data import DataError
 from .export import ExportError
-from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides
-from .stage import ResumeError
+from .preflight import preflight
+from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides, read_yaml
+from .run_lock import OutputDirError, clear_earlier_run
 
-USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, JetMoECheckpointError, JetMoEInputError, OSError)
+USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, CheckpointFileError, OutputDirError,
+               JetMoECheckpointError, JetMoEInputError, OSError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("sft", "dpo", "pipeline"):
         command = commands.add_parser(name, help=f"run {name} from a recipe; extra --key value pairs override it")
         command.add_argument("recipe")
-        command.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        command.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+        command.add_argument("--overwrite_output_dir", action="store_true",
+                             help="replace an earlier run (its checkpoints and records) in the output dir")
+    check = commands.add_parser("check", help="check a stage or pipeline recipe without loading model or data")
+    check.add_argument("recipe")
+    check.add_argument("--resume", action="store_true", help="check it for a resumed run")
+    check.add_argument("--overwrite_output_dir", action="store_true", help="check it for a run that replaces one")
     init = commands.add_parser("init-tiny", help="save the random-init base model and tokenizer of a recipe")
     init.add_argument("out_dir")
     init.add_argument("--recipe", default="recipes/tiny/sft.yaml")
@@ -60,6 +71,7 @@ def _run(args, overrides: dict) -> None:
         run = {"sft": run_sft, "dpo": run_dpo}[args.command]
         recipe = load_recipe(args.recipe, args.command, overrides)
         _log_on_main_process_only()
+        _prepare_output_dirs([recipe], args)
         output_dir = run(recipe, resume=args.resume)
         _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json)")
     elif args.command == "pipeline":
@@ -67,7 +79,12 @@ def _run(args, overrides: dict) -> None:
 
         recipes = load_pipeline(args.recipe, overrides)
         _log_on_main_process_only()
+        _prepare_output_dirs(recipes, args)
         _say(summary(*run_pipeline(*recipes, resume=args.resume)))
+    elif args.command == "check":
+        recipes = _load_any(args.recipe, overrides)
+        preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)
+        _say(f"{args.recipe}: ok (" + ", ".join(f"{r.stage} -> {r.training.output_dir}" for r in recipes) + ")")
     elif args.command == "init-tiny":
         from .model_loading import build_model
         from .tokenizer import load_tokenizer
@@ -95,6 +112,24 @@ def _run(args, overrides: dict) -> None:
         _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
 
 
+def _load_any(path: str, overrides: dict) -> list:
+    """A pipeline recipe (it names `sft:` and `dpo:` recipes) or a stage recipe (DPO when its data is preference
+    pairs)."""
+    sections = read_yaml(path)
+    if "sft" in sections and "dpo" in sections:
+        return list(load_pipeline(path, overrides))
+    stage = "dpo" if (sections.get("data") or {}).get("kind") == "preference" else "sft"
+    return [load_recipe(path, stage, overrides)]
+
+
+def _prepare_output_dirs(recipes: list, args) -> None:
+    """The pre-flight check of every stage before any loading; then `--overwrite_output_dir` clears earlier runs."""
+    preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir, check_lock=_is_main_process())
+    if args.overwrite_output_dir and _is_main_process():
+        for recipe in recipes:
+            clear_earlier_run(recipe.training.output_dir)
+
+
 def _is_main_process() -> bool:
     """`accelerate launch` runs the command in every process; only the main one speaks to the user. (Loading a
     recipe sets up the launch's processes: its training arguments do.)"""
@@ -115,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if extra and args.command not in ("sft", "dpo", "pipeline", "init-tiny"):
+        if extra and args.command not in ("sft", "dpo", "pipeline", "init-tiny", "check"):
             raise RecipeError(f"command line: unexpected arguments {' '.join(extra)}")
         _run(args, parse_overrides(extra))
     except USER_ERRORS as error:

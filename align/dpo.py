@@ -9,6 +9,7 @@ reference log-probs are computed once, by the starting model before training, an
 from datasets import Dataset
 from trl import DPOTrainer
 
+from .crash_safe import CrashSafeCheckpointsMixin
 from .distributed import copy_model
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
@@ -40,7 +41,8 @@ def pair_length(example: dict, max_length: int | None) -> dict:
     return {"length": chosen + rejected}
 
 
-class JetMoEDPOTrainer(StopAtMaxStepsMixin, RouterLossMixin, TokenBalancedBatchesMixin, PairLengthsMixin, DPOTrainer):
+class JetMoEDPOTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, TokenBalancedBatchesMixin,
+                       PairLengthsMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

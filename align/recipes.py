@@ -148,28 +148,36 @@ def _convert(value, annotation, where: str):
 
 
 def _build(cls, mapping, where: str):
-    """`cls(**mapping)`, rejecting unknown keys by name and converting each value to its field's type."""
+    """`cls(**mapping)`, rejecting unknown keys by name and converting each value to its field's type; every bad
+    key of the mapping is reported, in one `RecipeError`."""
     if not isinstance(mapping, dict):
         raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(mapping).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise RecipeError(f"{where}: unknown key '{unknown[0]}' (not a {cls.__name__} field)")
+    problems = [f"{where}: unknown key '{key}' (not a {cls.__name__} field)" for key in sorted(set(mapping) - known)]
     kwargs = {}
     for key, value in mapping.items():
-        annotation = hints[key]
-        if typing.get_origin(annotation) is list and typing.get_args(annotation) == (DataSource,):
-            value = yaml.safe_load(value) if isinstance(value, CommandLineValue) else value
-            if not isinstance(value, list):
-                raise RecipeError(f"{where}.{key}: expected a list of data sources")
-            kwargs[key] = [_build(DataSource, item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
-        else:
-            kwargs[key] = _convert(value, annotation, f"{where}.{key}")
+        if key not in known:
+            continue
+        try:
+            kwargs[key] = _field_value(value, hints[key], f"{where}.{key}")
+        except RecipeError as error:
+            problems.append(str(error))
+    if problems:
+        raise RecipeError("; ".join(problems))
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as error:
         raise RecipeError(f"{where}: {error}") from None
+
+
+def _field_value(value, annotation, where: str):
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (DataSource,):
+        value = yaml.safe_load(value) if isinstance(value, CommandLineValue) else value
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list of data sources")
+        return [_build(DataSource, item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return _convert(value, annotation, where)
 
 
 # --- files and overrides -------------------------------------------------------------------------------------------
@@ -243,15 +251,18 @@ def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> 
     _apply_overrides(sections, overrides or {}, path)
     if not sections.get("data"):
         raise RecipeError(f"{path}: a recipe needs a data section")
-    recipe = Recipe(
-        stage=stage,
-        path=path,
-        model=_build(ModelArgs, sections.get("model") or {}, f"{path}: model"),
-        tokenizer=_build(TokenizerArgs, sections.get("tokenizer") or {}, f"{path}: tokenizer"),
-        data=_build(DataMixture, sections["data"], f"{path}: data"),
-        training=_build(config_class, sections.get("training") or {}, f"{path}: training"),
-        lora=_build(LoraArguments, sections["lora"] or {}, f"{path}: lora") if "lora" in sections else None,
-    )
+    problems, built = [], {}
+    for name, cls in (("model", ModelArgs), ("tokenizer", TokenizerArgs), ("data", DataMixture),
+                      ("training", config_class), ("lora", LoraArguments)):
+        if name == "lora" and "lora" not in sections:
+            continue
+        try:
+            built[name] = _build(cls, sections.get(name) or {}, f"{path}: {name}")
+        except RecipeError as error:  # every section is checked, so one run reports every mistake
+            problems.append(str(error))
+    if problems:
+        raise RecipeError("; ".join(problems))
+    recipe = Recipe(stage=stage, path=path, **built)
     if recipe.model.init == "pretrained" and not recipe.model.name_or_path:
         raise RecipeError(f"{path}: model.name_or_path is required unless model.init is random")
     if not recipe.tokenizer_name_or_path:

@@ -7,15 +7,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from transformers import TrainerState, set_seed
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers import set_seed
+from transformers.trainer_utils import TrainOutput
 
+from .checkpoints import checkpoint_step, checkpoint_to_resume
 from .data import load_mixture
+from .data.truncation import TrainerTruncation
 from .distributed import prepare_for_sharding
 from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
 from .model_loading import build_model
 from .recipes import Recipe
+from .run_lock import claimed_output_dir
 from .run_record import run_record, write_json
 from .tokenizer import load_tokenizer
 
@@ -23,10 +26,6 @@ logger = logging.getLogger(__name__)
 
 # (training args, model, tokenizer, train dataset, eval dataset or None) -> a transformers Trainer
 TrainerFactory = Callable
-
-
-class ResumeError(ValueError):
-    pass
 
 
 class StopAtMaxStepsMixin:
@@ -41,21 +40,20 @@ class StopAtMaxStepsMixin:
         super()._run_epoch(*args, **kwargs)
 
 
-def checkpoint_to_resume(output_dir: str, required: bool = True) -> str | None:
-    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if last is None and required:
-        raise ResumeError(f"--resume: no checkpoint-* directory in {output_dir} to resume from")
-    return last
-
-
 def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False,
               require_checkpoint: bool = True) -> Path:
-    """`resume` continues from the last `checkpoint-*` in the output dir (an error if there is none, unless
-    `require_checkpoint` is off: then the stage starts afresh)."""
+    """`resume` continues from the newest complete `checkpoint-*` in the output dir (an error if there is none,
+    unless `require_checkpoint` is off: then the stage starts afresh). One run at a time per output dir."""
+    with claimed_output_dir(recipe.training, resume):
+        return _run_stage(recipe, make_trainer, resume, require_checkpoint)
+
+
+def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, require_checkpoint: bool) -> Path:
     started = time.time()
     args = recipe.training
     output_dir = Path(args.output_dir)
     resume_from = checkpoint_to_resume(args.output_dir, require_checkpoint) if resume else None
+    resumed_step = checkpoint_step(resume_from) if resume_from else None  # read now: rotation may delete it later
     set_seed(args.seed)
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
@@ -65,7 +63,8 @@ def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False
         model = build_model(recipe.model, tokenizer, seed=args.seed, device=args.device)
     logger.info("%s: model %s (%s, %.1fM parameters)", recipe.stage, recipe.model.name_or_path or "random init",
                 recipe.model.init, model.num_parameters() / 1e6)
-    splits, data_report = load_mixture(recipe.data, tokenizer)
+    truncation = TrainerTruncation.for_training(args, tokenizer, recipe.data.kind)
+    splits, data_report = load_mixture(recipe.data, tokenizer, truncation)
     eval_dataset = splits["test"] if len(splits["test"]) else None
 
     peft_config = jetmoe_lora_config(recipe.lora) if recipe.lora else None
@@ -73,13 +72,16 @@ def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False
     trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
     if peft_config:
         stock_loadable(trainer.model)
+    if not getattr(args, "packing", False) and len(trainer.train_dataset) != data_report.train_rows:
+        logger.warning("%s: the trainer kept %d of the %d training rows the data report counts", recipe.stage,
+                       len(trainer.train_dataset), data_report.train_rows)
     if resume_from:
         logger.info("%s: resuming from %s", recipe.stage, resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))  # safetensors + config + generation config + tokenizer with chat template
     eval_metrics = trainer.evaluate() if eval_dataset is not None else None
     if trainer.is_world_process_zero():
-        metrics = {"train": train_metrics(result, resume_from, output_dir)}
+        metrics = {"train": train_metrics(result, resumed_step, output_dir)}
         if eval_metrics is not None:
             metrics["eval"] = eval_metrics
         write_json(output_dir / "metrics.json", metrics)
@@ -89,16 +91,12 @@ def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False
     return output_dir
 
 
-def train_metrics(result: TrainOutput, resumed_from: str | None, output_dir: Path) -> dict:
-    """A resumed run that had already finished trains no step, for which transformers reports a train_loss of 0:
-    it keeps the train metrics of the run that trained (when that run got as far as writing them)."""
-    if resumed_from is None or result.global_step > checkpoint_step(resumed_from):
+def train_metrics(result: TrainOutput, resumed_step: int | None, output_dir: Path) -> dict:
+    """A resumed run that had already finished trains no step: it keeps the train metrics of the run that trained
+    (when that run got as far as writing them)."""
+    if resumed_step is None or result.global_step > resumed_step:
         return result.metrics
     previous = output_dir / "metrics.json"
     if previous.is_file():
         return json.loads(previous.read_text())["train"]
     return {key: value for key, value in result.metrics.items() if key != "train_loss"}
-
-
-def checkpoint_step(checkpoint: str) -> int:
-    return TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json")).global_step

@@ -22,7 +22,8 @@ def _error_line(capsys) -> str:
     (["sft", "recipes/tiny/sft.yaml", "--max_stepz", "3"], "unknown key 'max_stepz'"),
     (["dpo", "recipes/tiny/dpo.yaml", "--beta", "high"], "training.beta: 'high' is not a valid value"),
     (["pipeline", "recipes/tiny/pipeline.yaml", "--colour", "red"], "unknown key '--colour'"),
-    (["sft", "recipes/tiny/sft.yaml", "--output_dir", "{tmp}", "--resume"], "no checkpoint-* directory in {tmp}"),
+    (["sft", "recipes/tiny/sft.yaml", "--output_dir", "{tmp}", "--resume"],
+     "no complete checkpoint-* directory in {tmp}"),
 ])
 def test_bad_arguments_end_in_one_named_line(argv, named, capsys, tmp_path):
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]

@@ -4,7 +4,7 @@ import pytest
 from trl.data_utils import is_conversational
 
 from align.data import FEATURES, DataMixture, DataSource, load_mixture
-from align.data.errors import NO_ASSISTANT_TURN, WRONG_TYPE, RowProblem
+from align.data.errors import PROMPT_MISMATCH, WRONG_TYPE, RowProblem
 from align.data.formats import normalise_preference, normalise_sft
 
 SOURCE = DataSource("unused.jsonl")
@@ -72,7 +72,7 @@ def test_pairs_with_different_prompts_are_rejected():
     other = {"role": "user", "content": "What is 2 + 4?"}
     with pytest.raises(RowProblem) as caught:
         normalise_preference({"prompt": "2 + 3?", "chosen": [U, A], "rejected": [other, B]}, SOURCE)
-    assert caught.value.reason == NO_ASSISTANT_TURN
+    assert caught.value.reason == PROMPT_MISMATCH
 
 
 def test_wrong_types_name_the_field():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from align.data import DROP_REASONS, DataError, DataMixture, DataSource, load_mixture
+from align.data import DROP_REASONS, STRUCTURAL_REASONS, DataError, DataMixture, DataSource, load_mixture
 
 GOOD = {"messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]}
 GOOD_PAIR = {"prompt": "Capital of Peru?", "chosen": "Lima.", "rejected": "Cusco."}
@@ -22,6 +22,12 @@ BAD_SFT = [
     ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}', "empty_content",
      "messages[1].content"),
     ('{"messages": [{"role": "user", "content": "Hi"}]}', "no_assistant_turn", "messages"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hey"}, '
+     '{"role": "assistant", "content": "Yo"}]}', "wrong_role_order", "messages[1].role"),
+    ('{"messages": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Hey"}, '
+     '{"role": "assistant", "content": "Yo"}]}', "wrong_role_order", "messages[0].role"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "Be brief"}, '
+     '{"role": "assistant", "content": "Yo"}]}', "wrong_role_order", "messages[1].role"),
     (json.dumps({"messages": [{"role": "user", "content": "long " * 40},
                               {"role": "assistant", "content": "ok"}]}), "too_long", "messages"),
 ]
@@ -33,6 +39,16 @@ BAD_PAIRS = [
     ('{"chosen": "Yes.", "rejected": "No."}', "missing_field", "prompt"),
     ('{"prompt": [{"from": "robot", "value": "Q?"}], "chosen": "Y", "rejected": "N"}', "unknown_role",
      "prompt[0].role"),
+    ('{"prompt": "Q?", "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Y"}], '
+     '"rejected": [{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "N"}]}',
+     "prompt_mismatch", "rejected"),
+    ('{"prompt": "Other?", "chosen": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "Y"}], '
+     '"rejected": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "N"}]}',
+     "prompt_mismatch", "prompt"),
+    ('{"prompt": [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "Q?"}], "chosen": "Y", '
+     '"rejected": "N"}', "wrong_role_order", "prompt[0].role"),
+    ('{"prompt": "Q?", "chosen": [{"role": "assistant", "content": "Y"}, {"role": "assistant", "content": "Y"}], '
+     '"rejected": "N"}', "wrong_role_order", "chosen[1].role"),
 ]
 
 
@@ -84,7 +100,7 @@ def test_lenient_mode_counts_every_bad_row_by_reason(tmp_path, kind, bad, good):
 def test_strict_mode_names_path_row_and_field(tmp_path, kind, bad, good):
     for text, reason, field in bad:
         path = write_lines(tmp_path / f"{reason}.jsonl", [json.dumps(good), json.dumps(good), text])
-        if reason not in ("invalid_json", "missing_field", "wrong_type", "unknown_role"):
+        if reason not in STRUCTURAL_REASONS:
             _, report = load(path, kind=kind, strict=True, max_chars=100)  # content filters never raise
             assert report.as_dict()["totals"]["dropped"] == {reason: 1}
             continue
@@ -162,3 +178,52 @@ def test_kept_rows_render_through_trl(tmp_path):
     pairs = write_lines(tmp_path / "pairs.jsonl", [json.dumps(GOOD_PAIR)])
     assert maybe_apply_chat_template(load(pairs, kind="preference")[0]["train"][0], tokenizer) == {
         "prompt": "user Capital of Peru? </s> assistant ", "chosen": "Lima. </s> ", "rejected": "Cusco. </s> "}
+
+
+def tiny_tokenizer():
+    from align.tokenizer import load_tokenizer
+
+    return load_tokenizer("recipes/tiny/tokenizer")  # its chat template marks the assistant's tokens
+
+
+@pytest.mark.parametrize("mode, dropped", [("keep_start", {"fully_masked": 1}), ("keep_end", {})])
+def test_conversations_truncated_to_no_assistant_token_are_counted(tmp_path, mode, dropped):
+    from align.data.truncation import TrainerTruncation
+
+    long_question = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    path = write_lines(tmp_path / "rows.jsonl", [json.dumps(GOOD), json.dumps(long_question)])
+    cut = TrainerTruncation(tiny_tokenizer(), "sft", max_length=64, mode=mode, assistant_only_loss=True)
+    splits, report = load_mixture(DataMixture(sources=[DataSource(str(path), test_split=None)]), truncation=cut)
+    assert report.as_dict()["totals"]["dropped"] == dropped and len(splits["train"]) == 2 - sum(dropped.values())
+
+
+def test_pairs_whose_prompt_fills_max_length_are_counted(tmp_path):
+    from align.data.truncation import TrainerTruncation
+
+    long_pair = {"prompt": "word " * 200, "chosen": "Yes.", "rejected": "No."}
+    path = write_lines(tmp_path / "pairs.jsonl", [json.dumps(GOOD_PAIR), json.dumps(long_pair)])
+    cut = TrainerTruncation(tiny_tokenizer(), "preference", max_length=64)
+    _, report = load_mixture(DataMixture(sources=[DataSource(str(path), test_split=None)], kind="preference"),
+                             truncation=cut)
+    assert report.as_dict()["totals"]["dropped"] == {"fully_masked": 1}
+    assert "the prompt alone is" in report.as_dict()["sources"][0]["splits"]["train"]["drop_examples"][
+        "fully_masked"][0]
+
+
+@pytest.mark.parametrize("settings, cut", [
+    (dict(kind="sft", assistant_only_loss=True), ("sft", 64, "keep_end")),
+    (dict(kind="sft", assistant_only_loss=True, packing=True, packing_strategy="bfd"), ("sft", 64, "keep_start")),
+    (dict(kind="sft", assistant_only_loss=True, packing=True, packing_strategy="wrapped"), None),
+    (dict(kind="sft", assistant_only_loss=False), None),
+    (dict(kind="preference"), None),  # keep_end keeps every pair's response end
+    (dict(kind="preference", max_length=None, truncation_mode="keep_start"), None),
+])
+def test_the_cut_follows_the_trainer_config(settings, cut):
+    from types import SimpleNamespace
+
+    from align.data.truncation import TrainerTruncation
+
+    kind = settings.pop("kind")
+    args = SimpleNamespace(**{"max_length": 64, "truncation_mode": "keep_end", **settings})
+    found = TrainerTruncation.for_training(args, None, kind)
+    assert (None if found is None else (found.kind, found.max_length, found.mode)) == cut

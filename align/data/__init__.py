@@ -11,9 +11,11 @@ Output rows (TRL's conversational formats; messages are exactly {"role", "conten
     preference: {"prompt": [... ending with a user turn], "chosen": [assistant ...], "rejected": [assistant ...]}
 
 Every row read is either kept or dropped under one of `DROP_REASONS`; with `strict=True` the structural ones
-(invalid_json, missing_field, wrong_type, unknown_role) raise `DataError` naming the file, row and field instead.
+(`STRUCTURAL_REASONS`: invalid_json, missing_field, wrong_type, unknown_role, wrong_role_order, prompt_mismatch)
+raise `DataError` naming the file, row and field instead. Given the trainer's cut (`truncation.TrainerTruncation`),
+rows it would drop as fully masked after truncation are dropped and counted here, so the counts are what trains.
 Modules: `spec` (the dataclasses), `sources` (readers), `formats` (normalisers), `validation` (checks),
-`report` (counts), `mixing` (`load_mixture`).
+`truncation` (the trainer's max_length), `report` (counts), `mixing` (`load_mixture`).
 """
 
 from .errors import DROP_REASONS, STRUCTURAL_REASONS, DataError

@@ -12,7 +12,9 @@ INVALID_JSON = "invalid_json"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
 UNKNOWN_ROLE = "unknown_role"
-STRUCTURAL_REASONS = (INVALID_JSON, MISSING_FIELD, WRONG_TYPE, UNKNOWN_ROLE)
+WRONG_ROLE_ORDER = "wrong_role_order"  # turns must go (system) user, assistant, user, ... ; responses begin with one
+PROMPT_MISMATCH = "prompt_mismatch"  # chosen and rejected answer different prompts, or disagree with `prompt`
+STRUCTURAL_REASONS = (INVALID_JSON, MISSING_FIELD, WRONG_TYPE, UNKNOWN_ROLE, WRONG_ROLE_ORDER, PROMPT_MISMATCH)
 
 # Content filters: the row is well formed but unusable for training. Always dropped and counted.
 EMPTY_CONTENT = "empty_content"
@@ -20,7 +22,8 @@ NO_ASSISTANT_TURN = "no_assistant_turn"
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 TOO_LONG = "too_long"
 DUPLICATE = "duplicate"
-FILTER_REASONS = (EMPTY_CONTENT, NO_ASSISTANT_TURN, CHOSEN_EQUALS_REJECTED, TOO_LONG, DUPLICATE)
+FULLY_MASKED = "fully_masked"  # truncation to the trainer's max_length would leave no token to train on
+FILTER_REASONS = (EMPTY_CONTENT, NO_ASSISTANT_TURN, CHOSEN_EQUALS_REJECTED, TOO_LONG, DUPLICATE, FULLY_MASKED)
 
 DROP_REASONS = STRUCTURAL_REASONS + FILTER_REASONS
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datasets import Features, List, Value
 
-from .errors import MISSING_FIELD, NO_ASSISTANT_TURN, WRONG_TYPE, RowProblem
+from .errors import MISSING_FIELD, PROMPT_MISMATCH, WRONG_TYPE, RowProblem
 from .spec import DataSource
 
 MESSAGE_LIST = List({"role": Value("string"), "content": Value("string")})
@@ -66,14 +66,29 @@ def normalise_preference(row: dict, source: DataSource) -> dict:
     shared = _shared_prompt_length(chosen, rejected)
     if shared:
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        if row.get(prompt_field) not in (None, "", []):
+            _check_prompt_agrees(prompt, to_messages(row[prompt_field], prompt_field, default_role="user"),
+                                 prompt_field)
     else:  # the prompt comes from its own column; a side that repeats it keeps only its response
         prompt = _optional_system(row) + to_messages(_required(row, prompt_field), prompt_field, default_role="user")
         chosen, rejected = _without_prefix(chosen, prompt), _without_prefix(rejected, prompt)
     for name, response in ((chosen_field, chosen), (rejected_field, rejected)):
         if response and response[0]["role"] != "assistant":
-            raise RowProblem(NO_ASSISTANT_TURN, name, "the response does not begin with an assistant turn "
-                                                      "(chosen and rejected do not share their prompt turns)")
+            raise RowProblem(PROMPT_MISMATCH, name, f"begins with a {response[0]['role']} turn that neither the "
+                                                    "other side nor the prompt has: the pair answers different prompts")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _check_prompt_agrees(turns: list[dict], declared: list[dict], field: str) -> None:
+    """A `prompt` column next to whole conversations must say what their shared turns say: as a string, the last
+    user turn; as messages, the turns themselves (system turns aside)."""
+    asked = [m for m in turns if m["role"] != "system"]
+    if len(declared) == 1 and declared[0]["role"] == "user":
+        agrees = bool(asked) and asked[-1]["content"].strip() == declared[0]["content"].strip()
+    else:
+        agrees = asked == [m for m in declared if m["role"] != "system"]
+    if not agrees:
+        raise RowProblem(PROMPT_MISMATCH, field, "differs from the prompt turns that chosen and rejected share")
 
 
 def to_messages(value, field: str, default_role: str | None = None) -> list[dict]:

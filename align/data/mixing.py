@@ -19,6 +19,7 @@ from .formats import FEATURES, normalise_preference, normalise_sft
 from .report import DataReport, SourceReport, SplitReport
 from .sources import read_split
 from .spec import DataMixture, DataSource
+from .truncation import TrainerTruncation
 from .validation import CHECKS, Deduplicator, LengthLimit
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,12 @@ logger = logging.getLogger(__name__)
 NORMALISERS = {"sft": normalise_sft, "preference": normalise_preference}
 
 
-def load_mixture(mixture: DataMixture, tokenizer=None) -> tuple[DatasetDict, DataReport]:
-    """Load, normalise, check and mix every source; `tokenizer` is needed only for `mixture.max_tokens`."""
+def load_mixture(mixture: DataMixture, tokenizer=None,
+                 truncation: TrainerTruncation | None = None) -> tuple[DatasetDict, DataReport]:
+    """Load, normalise, check and mix every source; `tokenizer` is needed only for `mixture.max_tokens`.
+    `truncation` (the trainer's cut) drops and counts the rows the trainer would drop as fully masked."""
     limit = LengthLimit(mixture.max_chars, mixture.max_tokens, tokenizer)
-    pipeline = _RowPipeline(mixture, limit)
+    pipeline = _RowPipeline(mixture, limit, truncation)
     report = DataReport(kind=mixture.kind, seed=mixture.seed)
     kept: dict[str, list[dict]] = {"train": [], "test": []}
     for position, source in enumerate(mixture.sources):
@@ -82,10 +85,11 @@ def _load_source(source: DataSource, position: int, mixture: DataMixture, pipeli
 
 
 class _RowPipeline:
-    """normalise -> check -> length limit -> dedupe for each row, counting or raising every problem."""
+    """normalise -> check -> length limit -> trainer's truncation -> dedupe for each row, counting or raising
+    every problem."""
 
-    def __init__(self, mixture: DataMixture, limit: LengthLimit):
-        self.strict, self.limit = mixture.strict, limit
+    def __init__(self, mixture: DataMixture, limit: LengthLimit, truncation: TrainerTruncation | None):
+        self.strict, self.limit, self.truncation = mixture.strict, limit, truncation
         self.normalise, self.check = NORMALISERS[mixture.kind], CHECKS[mixture.kind]
         self.dedupers = {"train": Deduplicator(), "test": Deduplicator()} if mixture.dedupe else None
 
@@ -97,6 +101,8 @@ class _RowPipeline:
                 row = self.normalise(raw.value, source)
                 self.check(row)
                 self.limit.check(row)
+                if self.truncation is not None:
+                    self.truncation.check(row)
                 if self.dedupers is not None:
                     self.dedupers[split_name].check(row)
             except RowProblem as problem:

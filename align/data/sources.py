@@ -19,7 +19,7 @@ from .errors import INVALID_JSON, WRONG_TYPE, DataError, RowProblem
 from .spec import DataSource
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def source_location(source: DataSource) -> str:
     path = Path(source.path)
     if path.exists():
         return "local"
-    if path.suffix in DATA_SUFFIXES or not _HUB_ID.match(source.path):
+    if path.suffix in DATA_SUFFIXES or not HUB_ID.match(source.path):
         raise DataError(source.path, "no such file or directory (and not a hub dataset id)")
     return "hub"
 

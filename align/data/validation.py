@@ -12,7 +12,7 @@ import hashlib
 import json
 
 from .errors import (CHOSEN_EQUALS_REJECTED, DUPLICATE, EMPTY_CONTENT, MISSING_FIELD, NO_ASSISTANT_TURN, TOO_LONG,
-                     UNKNOWN_ROLE, RowProblem)
+                     UNKNOWN_ROLE, WRONG_ROLE_ORDER, RowProblem)
 
 ROLES = ("system", "user", "assistant")
 
@@ -20,6 +20,7 @@ ROLES = ("system", "user", "assistant")
 def check_sft(row: dict) -> None:
     messages = row["messages"]
     check_messages(messages, "messages")
+    check_role_order(messages, "messages", first="user")
     if not any(message["role"] == "assistant" for message in messages):
         raise RowProblem(NO_ASSISTANT_TURN, "messages", "the conversation has no assistant turn")
 
@@ -32,8 +33,12 @@ def check_preference(row: dict) -> None:
     for field in ("chosen", "rejected"):
         if not row[field]:
             raise RowProblem(NO_ASSISTANT_TURN, field, "no assistant response after the prompt")
+    check_role_order(row["prompt"], "prompt", first="user")
     if row["prompt"][-1]["role"] != "user":
-        raise RowProblem(NO_ASSISTANT_TURN, "prompt", "the prompt must end with a user turn")
+        raise RowProblem(WRONG_ROLE_ORDER, f"prompt[{len(row['prompt']) - 1}].role",
+                         "the prompt must end with a user turn")
+    for field in ("chosen", "rejected"):
+        check_role_order(row[field], field, first="assistant")
     if row["chosen"] == row["rejected"]:
         raise RowProblem(CHOSEN_EQUALS_REJECTED, "rejected", "chosen and rejected responses are identical")
 
@@ -48,6 +53,21 @@ def check_messages(messages: list[dict], field: str) -> None:
                              f"unknown role {message['role']!r} (expected one of {', '.join(ROLES)})")
         if not message["content"].strip():
             raise RowProblem(EMPTY_CONTENT, f"{field}[{index}].content", f"the {message['role']} message is empty")
+
+
+def check_role_order(messages: list[dict], field: str, first: str) -> None:
+    """System turns only at the start of a conversation, then turns alternating from `first` (user for a whole
+    conversation or a prompt, assistant for a response): the chat template and the loss mask assume it."""
+    expected, leading = first, first == "user"
+    for index, message in enumerate(messages):
+        if leading and message["role"] == "system":
+            continue
+        leading = False
+        if message["role"] != expected:
+            raise RowProblem(WRONG_ROLE_ORDER, f"{field}[{index}].role",
+                             f"a {message['role']} turn where a {expected} turn belongs (turns must alternate "
+                             "user/assistant after any system turns)")
+        expected = "assistant" if expected == "user" else "user"
 
 
 class LengthLimit:

@@ -1,0 +1,145 @@
+"""Checkpoints on disk: which ones are complete, which one to resume from, how a new one is published and which
+old ones are deleted.
+
+A checkpoint is written under a temporary name (`tmp-checkpoint-N/checkpoint-N`), flushed to disk and only then
+renamed to `checkpoint-N`, so a `checkpoint-N` directory is never half written by us. Resuming still verifies
+what it picks (the trainer state and every safetensors file), because a directory can be damaged otherwise (a
+copy cut short, a full disk, an older version of this code), and falls back to the newest complete one.
+"""
+
+import json
+import logging
+import os
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STAGING_PREFIX = "tmp-"
+LOSS_TALLY = "loss_tally.json"  # the summed training loss of every step up to this checkpoint (whole-run metrics)
+
+
+class ResumeError(ValueError):
+    """Nothing usable to resume from; the message names the directory."""
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint or model file cannot be used; the message names the file and what is wrong with it."""
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    match = CHECKPOINT.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` directories of `output_dir`, oldest step first (staging directories excluded)."""
+    directory = Path(output_dir)
+    found = [path for path in directory.iterdir() if path.is_dir() and checkpoint_step(path) is not None] \
+        if directory.is_dir() else []
+    return sorted(found, key=checkpoint_step)
+
+
+def check_safetensors(path: Path) -> None:
+    """Read the header of a safetensors file: a truncated or foreign file fails here, naming the file."""
+    try:
+        with safe_open(str(path), "pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise CheckpointFileError(f"{path}: not a complete safetensors file ({error}); it was probably cut short "
+                                  "while being written or copied") from None
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise `CheckpointFileError` naming the first missing or damaged file of checkpoint `path`."""
+    state_file = path / "trainer_state.json"
+    try:
+        step = json.loads(state_file.read_text())["global_step"]
+    except FileNotFoundError:
+        raise CheckpointFileError(f"{state_file}: missing (the save was cut short)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointFileError(f"{state_file}: unreadable ({error})") from None
+    if step != checkpoint_step(path):
+        raise CheckpointFileError(f"{state_file}: global_step {step} does not match the directory name")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not any(path.glob("global_step*")):  # DeepSpeed keeps its own shards there
+        raise CheckpointFileError(f"{path}: no model weights (*.safetensors)")
+    for file in weights:
+        check_safetensors(file)
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]):
+        if not zipfile.is_zipfile(file):  # torch.save writes a zip archive, whose directory is at its end
+            raise CheckpointFileError(f"{file}: not a complete torch file (cut short while being written?)")
+
+
+def checkpoint_to_resume(output_dir: str, required: bool = True) -> str | None:
+    """The newest complete checkpoint in `output_dir`; damaged newer ones are skipped, each named in the log."""
+    skipped = []
+    for path in reversed(checkpoints(output_dir)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointFileError as problem:
+            logger.warning("resume: skipping %s: %s", path.name, problem)
+            skipped.append(str(problem))
+            continue
+        return str(path)
+    if required:
+        damaged = f" (skipped {len(skipped)} damaged, the newest: {skipped[0]})" if skipped else ""
+        raise ResumeError(f"--resume: no complete checkpoint-* directory in {output_dir} to resume from{damaged}")
+    return None
+
+
+def staging_dir(output_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` is written before it is published (not matched by `checkpoint-*`)."""
+    return Path(output_dir) / f"{STAGING_PREFIX}checkpoint-{step}"
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Flush every file of `staged` to disk, then rename it to `final` in one step (replacing a damaged one)."""
+    for root, _, files in os.walk(staged):
+        for name in files:
+            _fsync(Path(root) / name)
+    if final.exists():
+        shutil.rmtree(final)
+    staged.rename(final)
+    _fsync(final.parent)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def rotate(output_dir: str | Path, limit: int | None, keep: set[Path]) -> None:
+    """Delete the oldest checkpoints beyond `limit`, never the newest nor those in `keep` (the checkpoint a run
+    resumed from, the best one): transformers' own rotation would delete the checkpoint a resumed run came from."""
+    if not limit or limit <= 0:
+        return
+    found = checkpoints(output_dir)
+    protected = {found[-1], *(path for path in found if path.resolve() in {k.resolve() for k in keep})} \
+        if found else set()
+    excess = len(found) - max(limit, len(protected))
+    for path in found:
+        if excess <= 0:
+            break
+        if path not in protected:
+            logger.info("deleting %s (save_total_limit %d)", path, limit)
+            shutil.rmtree(path, ignore_errors=True)
+            excess -= 1
+
+
+def read_loss_tally(checkpoint: str | Path) -> float | None:
+    """The training loss summed over every step up to `checkpoint`, if it recorded one."""
+    path = Path(checkpoint) / LOSS_TALLY
+    return json.loads(path.read_text())["loss_sum"] if path.is_file() else None
+
+
+def write_loss_tally(checkpoint: Path, step: int, loss_sum: float) -> None:
+    (checkpoint / LOSS_TALLY).write_text(json.dumps({"global_step": step, "loss_sum": loss_sum}) + "\n")

@@ -1,0 +1,47 @@
+"""Run `python -m align ...` and SIGKILL the process at a chosen point, as a pre-emption or OOM kill would.
+
+    python tests/kill_at.py step N -- sft RECIPE ...   killed as step N+1 begins (checkpoint-N is complete)
+    python tests/kill_at.py save N -- sft RECIPE ...   killed inside the save of checkpoint-N (weights written,
+                                                       trainer state not yet)
+Used by tests/test_crash_safety.py; the kill points are patched in here, none lives in the package.
+"""
+
+import os
+import signal
+import sys
+
+from transformers import Trainer
+
+
+def kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_when(point: str, step: int) -> None:
+    if point == "step":
+        training_step = Trainer.training_step
+
+        def training_step_then_kill(self, *args, **kwargs):
+            if self.state.global_step == step:
+                kill()
+            return training_step(self, *args, **kwargs)
+
+        Trainer.training_step = training_step_then_kill
+    else:
+        save_rng_state = Trainer._save_rng_state
+
+        def save_rng_state_then_kill(self, output_dir):
+            if self.state.global_step == step:
+                kill()
+            return save_rng_state(self, output_dir)
+
+        Trainer._save_rng_state = save_rng_state_then_kill
+
+
+if __name__ == "__main__":
+    point, step, separator, *argv = sys.argv[1:]
+    assert point in ("step", "save") and separator == "--", sys.argv
+    kill_when(point, int(step))
+    from align.cli import main
+
+    sys.exit(main(argv))
