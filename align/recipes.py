@@ -28,6 +28,9 @@ from .lora.arguments import LoraArguments
 
 STAGES = ("sft", "dpo")
 SECTIONS = ("model", "tokenizer", "data", "training", "lora")
+# The tracker a recipe reports to unless its training section says otherwise (`report_to: none`, `wandb`, ...):
+# TensorBoard event files under {output_dir}/runs/.
+DEFAULT_REPORT_TO = "tensorboard"
 
 
 class RecipeError(ValueError):
@@ -249,7 +252,8 @@ def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> 
         model=_build(ModelArgs, sections.get("model") or {}, f"{path}: model"),
         tokenizer=_build(TokenizerArgs, sections.get("tokenizer") or {}, f"{path}: tokenizer"),
         data=_build(DataMixture, sections["data"], f"{path}: data"),
-        training=_build(config_class, sections.get("training") or {}, f"{path}: training"),
+        training=_build(config_class, {"report_to": DEFAULT_REPORT_TO, **(sections.get("training") or {})},
+                        f"{path}: training"),
         lora=_build(LoraArguments, sections["lora"] or {}, f"{path}: lora") if "lora" in sections else None,
     )
     if recipe.model.init == "pretrained" and not recipe.model.name_or_path:
