@@ -16,6 +16,7 @@ from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
 from .model_loading import build_model
 from .plots import plot_log_history
+from .quiet import silence_known_floods
 from .recipes import Recipe
 from .run_logging import MetricsToTrainLog, writes_train_log
 from .run_record import run_record, write_json
@@ -73,6 +74,7 @@ def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False
 
     peft_config = jetmoe_lora_config(recipe.lora) if recipe.lora else None
     prepare_for_sharding(model)  # before the trainer: DPO's reference copy is wrapped in its constructor
+    silence_known_floods(args)
     trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
     trainer.add_callback(MetricsToTrainLog())
     if peft_config:
