@@ -12,9 +12,10 @@ from .distributed import copy_model
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin, run_stage
+from .tied_weights import TiedWeightsResumeMixin
 
 
-class JetMoEDPOTrainer(StopAtMaxStepsMixin, RouterLossMixin, DPOTrainer):
+class JetMoEDPOTrainer(StopAtMaxStepsMixin, TiedWeightsResumeMixin, RouterLossMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

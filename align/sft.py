@@ -6,9 +6,10 @@ from trl import SFTTrainer
 from .recipes import Recipe
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin, run_stage
+from .tied_weights import TiedWeightsResumeMixin
 
 
-class JetMoESFTTrainer(StopAtMaxStepsMixin, RouterLossMixin, SFTTrainer):
+class JetMoESFTTrainer(StopAtMaxStepsMixin, TiedWeightsResumeMixin, RouterLossMixin, SFTTrainer):
     """`SFTTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 
