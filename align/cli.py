@@ -1,7 +1,8 @@
 """`python -m align COMMAND ...` (also installed as `jetmoe-align`).
 
     sft RECIPE.yaml [--key value ...] [--resume]        one stage (TRL field names: --output_dir X --max_steps 3;
-    dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32)
+    dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32; sft --help-fields
+                                                          lists them all)
     pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
     init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
     build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
@@ -19,6 +20,7 @@ from pathlib import Path
 from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
+from .cli_help import add_stage_command
 from .data import DataError
 from .export import ExportError
 from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides
@@ -32,9 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("sft", "dpo", "pipeline"):
-        command = commands.add_parser(name, help=f"run {name} from a recipe; extra --key value pairs override it")
-        command.add_argument("recipe")
-        command.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        add_stage_command(commands, name)
     init = commands.add_parser("init-tiny", help="save the random-init base model and tokenizer of a recipe")
     init.add_argument("out_dir")
     init.add_argument("--recipe", default="recipes/tiny/sft.yaml")

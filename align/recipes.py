@@ -15,6 +15,7 @@ to YAML) still reads as a float.
 """
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,12 @@ DEFAULT_REPORT_TO = "tensorboard"
 
 class RecipeError(ValueError):
     """A recipe cannot be used as written; the message names the file and the key."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """"; did you mean 'max_steps'?" for a misspelt key, or "" when no valid name is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
 
 
 @dataclass
@@ -158,7 +165,8 @@ def _build(cls, mapping, where: str):
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(mapping) - known)
     if unknown:
-        raise RecipeError(f"{where}: unknown key '{unknown[0]}' (not a {cls.__name__} field)")
+        raise RecipeError(f"{where}: unknown key '{unknown[0]}' (not a {cls.__name__} field)"
+                          f"{did_you_mean(unknown[0], known)}")
     kwargs = {}
     for key, value in mapping.items():
         annotation = hints[key]
@@ -223,7 +231,8 @@ def _apply_overrides(sections: dict, overrides: dict, path: str) -> None:
     for key, value in overrides.items():
         section, name = _section_and_name(key)
         if section not in SECTIONS:
-            raise RecipeError(f"command line: unknown section in '--{key}' for {path} (sections are {SECTIONS})")
+            raise RecipeError(f"command line: unknown section in '--{key}' for {path} (sections are {SECTIONS})"
+                              f"{did_you_mean(section, SECTIONS)}")
         target = sections.setdefault(section, {}) or {}
         sections[section] = target
         *parents, leaf = name.split(".")
@@ -241,7 +250,8 @@ def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> 
     sections = read_yaml(path)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
-        raise RecipeError(f"{path}: unknown key '{unknown[0]}' (sections are {', '.join(SECTIONS)})")
+        raise RecipeError(f"{path}: unknown key '{unknown[0]}' (sections are {', '.join(SECTIONS)})"
+                          f"{did_you_mean(unknown[0], SECTIONS)}")
     config_class = training_config_class(stage)
     _apply_overrides(sections, overrides or {}, path)
     if not sections.get("data"):
@@ -280,7 +290,8 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Reci
             continue
         targets = [s for s in STAGES if _stage_has_key(s, key)]
         if not targets:
-            raise RecipeError(f"command line: unknown key '--{key}' for {path}")
+            known = {name for stage in STAGES for name in override_keys(stage)}
+            raise RecipeError(f"command line: unknown key '--{key}' for {path}{did_you_mean(key, known)}")
         for stage in targets:
             per_stage[stage][key] = value
     recipes = []
@@ -292,8 +303,19 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Reci
     return recipes[0], recipes[1]
 
 
+def section_classes(stage: str) -> dict[str, type]:
+    """The dataclass each section of a stage recipe is read into."""
+    return {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataMixture,
+            "training": training_config_class(stage), "lora": LoraArguments}
+
+
+def override_keys(stage: str) -> list[str]:
+    """Every `--key` a stage takes: training fields by name, the other sections' as `section.field`."""
+    return [field.name if section == "training" else f"{section}.{field.name}"
+            for section, cls in section_classes(stage).items() for field in dataclasses.fields(cls) if field.init]
+
+
 def _stage_has_key(stage: str, key: str) -> bool:
     section, name = _section_and_name(key)
-    classes = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataMixture, "lora": LoraArguments}
-    cls = training_config_class(stage) if section == "training" else classes.get(section)
+    cls = section_classes(stage).get(section)
     return cls is not None and name.split(".")[0] in {f.name for f in dataclasses.fields(cls)}
