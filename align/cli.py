@@ -6,7 +6,9 @@
     pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
     init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
     build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
-    generate MODEL_DIR QUESTION                         answer with a saved chat model (stock transformers)
+    generate MODEL_DIR QUESTION | --chat | --prompts IN.jsonl --output OUT.jsonl
+                                                        answer with a saved chat model (stock transformers);
+                                                        sampling: --temperature, --top_p, --max_new_tokens
     export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
@@ -23,6 +25,8 @@ from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 from .cli_help import add_stage_command
 from .data import DataError
 from .export import ExportError
+from .generate import __doc__ as generate_doc
+from .generate import add_generate_arguments, run_generate
 from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides
 from .stage import ResumeError
 
@@ -42,10 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("out_dir")
     tokenizer.add_argument("--samples", default="data/samples")
     tokenizer.add_argument("--vocab_size", type=int, default=1024)
-    generate = commands.add_parser("generate", help="answer a question with a saved chat model")
-    generate.add_argument("model_dir")
-    generate.add_argument("question")
-    generate.add_argument("--max_new_tokens", type=int, default=64)
+    generate = commands.add_parser("generate", description=generate_doc, help="answer with a saved chat model: a "
+                                   "question, a chat (--chat) or a file of prompts (--prompts)",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_generate_arguments(generate)
     export = commands.add_parser("export", help="merge a LoRA adapter into its base, with the tokenizer")
     export.add_argument("adapter_dir")
     export.add_argument("out_dir")
@@ -86,9 +90,7 @@ def _run(args, overrides: dict) -> None:
         build_tokenizer(corpus_from_files(samples.rglob("*.json*")), args.vocab_size).save_pretrained(args.out_dir)
         _say(f"tokenizer: {args.out_dir}/")
     elif args.command == "generate":
-        from .generate import generate
-
-        _say(generate(args.model_dir, args.question, args.max_new_tokens))
+        run_generate(args)
     elif args.command == "export":
         from .export import export_merged
 
