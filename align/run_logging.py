@@ -35,12 +35,18 @@ def writes_train_log(run_stage):
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in LOGGED:
             logging.getLogger(name).addHandler(handler)
+        # Our progress lines reach the file even where logging is left at warnings only (a library caller).
+        align_logger = logging.getLogger("align")
+        level = align_logger.level
+        if not align_logger.isEnabledFor(logging.INFO):
+            align_logger.setLevel(logging.INFO)
         try:
             return run_stage(recipe, *args, **kwargs)
         except Exception:
             file_only_logger.exception("%s stage failed", recipe.stage)
             raise
         finally:
+            align_logger.setLevel(level)
             for name in LOGGED:
                 logging.getLogger(name).removeHandler(handler)
             handler.close()
