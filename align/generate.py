@@ -83,7 +83,7 @@ def read_prompts(path: Path, system: str | None) -> list[tuple[dict, list[dict]]
     """Each row of a JSONL file with its conversation: a `prompt` text (asked after `system`, if given), or
     `messages`, a conversation in the chat format ending with the user's turn."""
     if not path.is_file():
-        raise DataError(f"{path}: no such prompts file")
+        raise DataError(path, "no such prompts file")
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -91,14 +91,14 @@ def read_prompts(path: Path, system: str | None) -> list[tuple[dict, list[dict]]
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path} row {number}: not valid JSON ({error.msg})") from None
+            raise DataError(path, f"not valid JSON ({error.msg})", row=number) from None
         if isinstance(row, dict) and isinstance(row.get("prompt"), str):
             rows.append((row, [*opening(system), {"role": "user", "content": row["prompt"]}]))
         elif isinstance(row, dict) and _ends_with_a_question(row.get("messages")):
             rows.append((row, row["messages"]))
         else:
-            raise DataError(f"{path} row {number}: expected a 'prompt' text or a 'messages' list ending with "
-                            f"the user's turn")
+            raise DataError(path, "expected a 'prompt' text or a 'messages' list ending with the user's turn",
+                            row=number)
     return rows
 
 
