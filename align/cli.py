@@ -65,7 +65,8 @@ def _run(args, overrides: dict) -> None:
         recipe = load_recipe(args.recipe, args.command, overrides)
         _log_on_main_process_only()
         output_dir = run(recipe, resume=args.resume)
-        _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json)")
+        _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json; "
+             f"trainer_state.json, train.log, plots: {', '.join(sorted(p.name for p in output_dir.glob('*.png')))})")
     elif args.command == "pipeline":
         from .pipeline import run_pipeline, summary
 
