@@ -88,7 +88,7 @@ def test_recipes_report_to_tensorboard_unless_they_say_otherwise(tmp_path):
     recipe.write_text("model: {init: random, config: {hidden_size: 32}}\n"
                       "tokenizer: {name_or_path: recipes/tiny/tokenizer}\n"
                       "data: {sources: [{path: data/samples/ultrachat}]}\n"
-                      "training: {bf16: false}\n")
+                      "training: {bf16: false, activation_checkpointing: false}\n")
     assert load_recipe(recipe, "sft").training.report_to == ["tensorboard"]
     assert load_recipe(recipe, "sft", {"report_to": "none"}).training.report_to == []
     assert load_recipe("recipes/tiny/dpo.yaml", "dpo").training.report_to == ["tensorboard"]
