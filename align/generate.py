@@ -16,6 +16,8 @@ CHAT_COMMANDS = "/reset starts a new conversation, /exit (or end of input) ends"
 
 @dataclass
 class Sampling:
+    """How answers are drawn: greedy (the same answer every time) unless `temperature` is above 0."""
+
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -141,6 +143,8 @@ def run_generate(args: argparse.Namespace) -> None:
         raise RecipeError("generate: --prompts needs --output, the JSONL file to write the answers to")
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise RecipeError("generate: --batch_size and --max_new_tokens must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise RecipeError("generate: --temperature must be 0 or more and --top_p in (0, 1]")
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
     if args.seed is not None:
         from transformers import set_seed

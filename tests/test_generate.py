@@ -73,6 +73,7 @@ def _answer_alone(model_dir, question, capsys) -> str:
     ([], "give one of a question, --chat or --prompts (got none)"),
     (["Hi", "--chat"], "(got a question, --chat)"),
     (["--prompts", "{tmp}/p.jsonl"], "--prompts needs --output"),
+    (["Hi", "--top_p", "1.5"], "--top_p in (0, 1]"),
     (["--prompts", "{tmp}/missing.jsonl", "--output", "{tmp}/a.jsonl"], "missing.jsonl: no such prompts file"),
     (["--prompts", "{tmp}/bad.jsonl", "--output", "{tmp}/a.jsonl"], "bad.jsonl: row 2: expected a 'prompt' text"),
 ])
