@@ -25,8 +25,9 @@ deepspeed: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The demo starts afresh each time: it replaces an earlier demo run in runs/demo (the stages refuse that otherwise).
 demo: install
-	$(PY) -m align pipeline recipes/tiny/pipeline.yaml $(ARGS)
+	$(PY) -m align pipeline recipes/tiny/pipeline.yaml --overwrite_output_dir $(ARGS)
 
 sft: install
 	$(PY) -m align sft $(RECIPE) $(ARGS)

@@ -1,12 +1,15 @@
 """`python -m align COMMAND ...` (also installed as `jetmoe-align`).
 
     sft RECIPE.yaml [--key value ...] [--resume]        one stage (TRL field names: --output_dir X --max_steps 3;
-    dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32)
+    dpo RECIPE.yaml [--key value ...] [--resume]          other sections: --model.dtype float32; sft --help-fields
+                                                          lists them all)
     pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
     check RECIPE.yaml [--key value ...] [--resume]      the pre-flight check alone (stage or pipeline recipe)
     init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
     build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
-    generate MODEL_DIR QUESTION                         answer with a saved chat model (stock transformers)
+    generate MODEL_DIR QUESTION | --chat | --prompts IN.jsonl --output OUT.jsonl
+                                                        answer with a saved chat model (stock transformers);
+                                                        sampling: --temperature, --top_p, --max_new_tokens
     export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
@@ -22,8 +25,11 @@ from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
 from .checkpoints import CheckpointFileError, ResumeError
+from .cli_help import add_stage_command
 from .data import DataError
 from .export import ExportError
+from .generate import __doc__ as generate_doc
+from .generate import add_generate_arguments, run_generate
 from .preflight import preflight
 from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides, read_yaml
 from .run_lock import OutputDirError, clear_earlier_run
@@ -37,9 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("sft", "dpo", "pipeline"):
-        command = commands.add_parser(name, help=f"run {name} from a recipe; extra --key value pairs override it")
-        command.add_argument("recipe")
-        command.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+        command = add_stage_command(commands, name)
         command.add_argument("--overwrite_output_dir", action="store_true",
                              help="replace an earlier run (its checkpoints and records) in the output dir")
     check = commands.add_parser("check", help="check a stage or pipeline recipe without loading model or data")
@@ -53,10 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("out_dir")
     tokenizer.add_argument("--samples", default="data/samples")
     tokenizer.add_argument("--vocab_size", type=int, default=1024)
-    generate = commands.add_parser("generate", help="answer a question with a saved chat model")
-    generate.add_argument("model_dir")
-    generate.add_argument("question")
-    generate.add_argument("--max_new_tokens", type=int, default=64)
+    generate = commands.add_parser("generate", description=generate_doc, help="answer with a saved chat model: a "
+                                   "question, a chat (--chat) or a file of prompts (--prompts)",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_generate_arguments(generate)
     export = commands.add_parser("export", help="merge a LoRA adapter into its base, with the tokenizer")
     export.add_argument("adapter_dir")
     export.add_argument("out_dir")
@@ -73,7 +77,8 @@ def _run(args, overrides: dict) -> None:
         _log_on_main_process_only()
         _prepare_output_dirs([recipe], args)
         output_dir = run(recipe, resume=args.resume)
-        _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json)")
+        _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json; "
+             f"trainer_state.json, train.log, plots: {', '.join(sorted(p.name for p in output_dir.glob('*.png')))})")
     elif args.command == "pipeline":
         from .pipeline import run_pipeline, summary
 
@@ -103,9 +108,7 @@ def _run(args, overrides: dict) -> None:
         build_tokenizer(corpus_from_files(samples.rglob("*.json*")), args.vocab_size).save_pretrained(args.out_dir)
         _say(f"tokenizer: {args.out_dir}/")
     elif args.command == "generate":
-        from .generate import generate
-
-        _say(generate(args.model_dir, args.question, args.max_new_tokens))
+        run_generate(args)
     elif args.command == "export":
         from .export import export_merged
 

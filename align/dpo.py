@@ -9,12 +9,10 @@ reference log-probs are computed once, by the starting model before training, an
 from datasets import Dataset
 from trl import DPOTrainer
 
-from .crash_safe import CrashSafeCheckpointsMixin
 from .distributed import copy_model
 from .recipes import Recipe
-from .router_loss import RouterLossMixin
-from .stage import StopAtMaxStepsMixin, run_stage
-from .token_batches import TokenBalancedBatchesMixin
+from .stage import run_stage
+from .trainer_mixins import JetMoETrainerMixin
 
 
 class PairLengthsMixin:
@@ -41,8 +39,7 @@ def pair_length(example: dict, max_length: int | None) -> dict:
     return {"length": chosen + rejected}
 
 
-class JetMoEDPOTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, TokenBalancedBatchesMixin,
-                       PairLengthsMixin, DPOTrainer):
+class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

@@ -20,7 +20,7 @@ def run_pipeline(sft: Recipe, dpo: Recipe, resume: bool = False) -> tuple[Path, 
 
 
 def summary(sft_dir: Path, dpo_dir: Path) -> str:
-    """Where the results are, with the headline metrics of each stage."""
+    """Where the results are, with the headline metrics of each stage and the plots and logs to look at."""
     lines = ["", "Results:"]
     for name, directory, keys in (("SFT", sft_dir, ("train_loss", "eval_loss")),
                                   ("DPO", dpo_dir, ("train_loss", "eval_rewards/accuracies", "eval_rewards/margins"))):
@@ -28,6 +28,10 @@ def summary(sft_dir: Path, dpo_dir: Path) -> str:
         flat = {**metrics.get("train", {}), **metrics.get("eval", {})}
         shown = ", ".join(f"{key} {flat[key]:.4g}" for key in keys if key in flat)
         lines.append(f"  {name}: {directory}/  ({shown}; metrics.json, run.json)")
+        plots = ", ".join(sorted(path.name for path in directory.glob("*.png")))
+        lines.append(f"       plots: {plots or 'none'}; logs: train.log, trainer_state.json")
     lines.append(f"  Chat model (loads with transformers' JetMoeForCausalLM + AutoTokenizer): {dpo_dir}/")
-    lines.append(f"  Try it: python -m align generate {dpo_dir} \"What is 2 plus 3?\"")
+    lines.append(f"  Try it: python -m align generate {dpo_dir} \"What is 2 plus 3?\"  (or --chat)")
+    if any(sft_dir.parent.glob("*/runs")):
+        lines.append(f"  TensorBoard: tensorboard --logdir {sft_dir.parent}")
     return "\n".join(lines)

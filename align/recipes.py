@@ -15,6 +15,7 @@ to YAML) still reads as a float.
 """
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,10 +29,19 @@ from .lora.arguments import LoraArguments
 
 STAGES = ("sft", "dpo")
 SECTIONS = ("model", "tokenizer", "data", "training", "lora")
+# The tracker a recipe reports to unless its training section says otherwise (`report_to: none`, `wandb`, ...):
+# TensorBoard event files under {output_dir}/runs/.
+DEFAULT_REPORT_TO = "tensorboard"
 
 
 class RecipeError(ValueError):
     """A recipe cannot be used as written; the message names the file and the key."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """"; did you mean 'max_steps'?" for a misspelt key, or "" when no valid name is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(match) for match in close)}?" if close else ""
 
 
 @dataclass
@@ -154,7 +164,8 @@ def _build(cls, mapping, where: str):
         raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(mapping).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
-    problems = [f"{where}: unknown key '{key}' (not a {cls.__name__} field)" for key in sorted(set(mapping) - known)]
+    problems = [f"{where}: unknown key '{key}' (not a {cls.__name__} field){did_you_mean(key, known)}"
+                for key in sorted(set(mapping) - known)]
     kwargs = {}
     for key, value in mapping.items():
         if key not in known:
@@ -228,7 +239,8 @@ def _apply_overrides(sections: dict, overrides: dict, path: str) -> None:
     for key, value in overrides.items():
         section, name = _section_and_name(key)
         if section not in SECTIONS:
-            raise RecipeError(f"command line: unknown section in '--{key}' for {path} (sections are {SECTIONS})")
+            raise RecipeError(f"command line: unknown section in '--{key}' for {path} (sections are {SECTIONS})"
+                              f"{did_you_mean(section, SECTIONS)}")
         target = sections.setdefault(section, {}) or {}
         sections[section] = target
         *parents, leaf = name.split(".")
@@ -246,18 +258,21 @@ def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> 
     sections = read_yaml(path)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
-        raise RecipeError(f"{path}: unknown key '{unknown[0]}' (sections are {', '.join(SECTIONS)})")
+        raise RecipeError(f"{path}: unknown key '{unknown[0]}' (sections are {', '.join(SECTIONS)})"
+                          f"{did_you_mean(unknown[0], SECTIONS)}")
     config_class = training_config_class(stage)
     _apply_overrides(sections, overrides or {}, path)
     if not sections.get("data"):
         raise RecipeError(f"{path}: a recipe needs a data section")
+    defaults = {"training": {"report_to": DEFAULT_REPORT_TO}}
     problems, built = [], {}
     for name, cls in (("model", ModelArgs), ("tokenizer", TokenizerArgs), ("data", DataMixture),
                       ("training", config_class), ("lora", LoraArguments)):
         if name == "lora" and "lora" not in sections:
             continue
         try:
-            built[name] = _build(cls, sections.get(name) or {}, f"{path}: {name}")
+            mapping = {**defaults.get(name, {}), **(sections.get(name) or {})}
+            built[name] = _build(cls, mapping, f"{path}: {name}")
         except RecipeError as error:  # every section is checked, so one run reports every mistake
             problems.append(str(error))
     if problems:
@@ -287,7 +302,8 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Reci
             continue
         targets = [s for s in STAGES if _stage_has_key(s, key)]
         if not targets:
-            raise RecipeError(f"command line: unknown key '--{key}' for {path}")
+            known = {name for stage in STAGES for name in override_keys(stage)}
+            raise RecipeError(f"command line: unknown key '--{key}' for {path}{did_you_mean(key, known)}")
         for stage in targets:
             per_stage[stage][key] = value
     recipes = []
@@ -299,8 +315,19 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Reci
     return recipes[0], recipes[1]
 
 
+def section_classes(stage: str) -> dict[str, type]:
+    """The dataclass each section of a stage recipe is read into."""
+    return {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataMixture,
+            "training": training_config_class(stage), "lora": LoraArguments}
+
+
+def override_keys(stage: str) -> list[str]:
+    """Every `--key` a stage takes: training fields by name, the other sections' as `section.field`."""
+    return [field.name if section == "training" else f"{section}.{field.name}"
+            for section, cls in section_classes(stage).items() for field in dataclasses.fields(cls) if field.init]
+
+
 def _stage_has_key(stage: str, key: str) -> bool:
     section, name = _section_and_name(key)
-    classes = {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataMixture, "lora": LoraArguments}
-    cls = training_config_class(stage) if section == "training" else classes.get(section)
+    cls = section_classes(stage).get(section)
     return cls is not None and name.split(".")[0] in {f.name for f in dataclasses.fields(cls)}

@@ -3,15 +3,12 @@
 
 from trl import SFTTrainer
 
-from .crash_safe import CrashSafeCheckpointsMixin
 from .recipes import Recipe
-from .router_loss import RouterLossMixin
-from .stage import StopAtMaxStepsMixin, run_stage
-from .token_batches import TokenBalancedBatchesMixin
+from .stage import run_stage
+from .trainer_mixins import JetMoETrainerMixin
 
 
-class JetMoESFTTrainer(CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, RouterLossMixin, TokenBalancedBatchesMixin,
-                       SFTTrainer):
+class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer):
     """`SFTTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

@@ -17,8 +17,11 @@ from .distributed import prepare_for_sharding
 from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
 from .model_loading import build_model
+from .plots import plot_log_history
+from .quiet import silence_known_floods
 from .recipes import Recipe
 from .run_lock import claimed_output_dir
+from .run_logging import MetricsToTrainLog, writes_train_log
 from .run_record import run_record, write_json
 from .tokenizer import load_tokenizer
 
@@ -40,6 +43,7 @@ class StopAtMaxStepsMixin:
         super()._run_epoch(*args, **kwargs)
 
 
+@writes_train_log
 def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False,
               require_checkpoint: bool = True) -> Path:
     """`resume` continues from the newest complete `checkpoint-*` in the output dir (an error if there is none,
@@ -69,7 +73,9 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
 
     peft_config = jetmoe_lora_config(recipe.lora) if recipe.lora else None
     prepare_for_sharding(model)  # before the trainer: DPO's reference copy is wrapped in its constructor
+    silence_known_floods(args)
     trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
+    trainer.add_callback(MetricsToTrainLog())
     if peft_config:
         stock_loadable(trainer.model)
     if not getattr(args, "packing", False) and len(trainer.train_dataset) != data_report.train_rows:
@@ -86,7 +92,10 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
             metrics["eval"] = eval_metrics
         write_json(output_dir / "metrics.json", metrics)
         write_json(output_dir / "run.json", run_record(recipe, data_report, resume_from, started))
-        logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json)", recipe.stage, output_dir)
+        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the whole log history
+        plots = plot_log_history(trainer.state.log_history, output_dir, recipe.stage)
+        logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json, trainer_state.json, train.log, %s)",
+                    recipe.stage, output_dir, ", ".join(path.name for path in plots))
     trainer.accelerator.wait_for_everyone()  # other ranks read these files next (DPO's start, the summary)
     return output_dir
 

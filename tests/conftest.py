@@ -27,3 +27,22 @@ def tiny_config_kwargs(shape: str = "e4k2", **overrides) -> dict:
 @pytest.fixture
 def tiny_kwargs():
     return tiny_config_kwargs
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`make demo`'s command, cut to a few steps that log and evaluate often, run as a user runs it (a fresh
+    process, from the repository root): its output directory and everything it printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    output_dir = tmp_path_factory.mktemp("demo")
+    command = [sys.executable, "-m", "align", "pipeline", "recipes/tiny/pipeline.yaml", "--output_dir",
+               str(output_dir), "--max_steps", "6", "--logging_steps", "1", "--eval_strategy", "steps",
+               "--eval_steps", "3", "--save_strategy", "no"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return output_dir, run.stdout + run.stderr

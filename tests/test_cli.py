@@ -57,6 +57,9 @@ def test_stage_writes_records_and_resumes(tmp_path):
     assert run["versions"]["trl"] and run["versions"]["transformers"] and "commit" in run["git"]
 
     assert main([*base, "--max_steps", "3", "--resume"]) == 0
+    log = (out / "train.log").read_text()  # transformers' warnings included
+    assert log.count("sft: model random init") == 2 and "resuming from" in log  # the resume appended
+    assert "missing keys" not in log  # the tied lm_head is not reported missing
     resumed = json.loads((out / "run.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-2")
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
