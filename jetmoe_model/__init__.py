@@ -1,5 +1,9 @@
 """Our JetMoE: a transformers `PreTrainedModel` whose checkpoints are interchangeable with `JetMoeForCausalLM`."""
 
+from .source_checkout import ensure_kernels_importable
+
+ensure_kernels_importable()  # before the modules that import jetmoe_kernels
+
 from .configuration import JetMoEConfig
 from .attention import preferred_attn_implementation
 from .checkpoint_checks import JetMoECheckpointError

@@ -1,7 +1,7 @@
 """Building blocks shared by attention and MLP: RMSNorm and rotary position embeddings.
 
-Each runs either in plain PyTorch (the reference) or as one fused Triton kernel (`kernels.rmsnorm`,
-`kernels.rotary`), chosen by the model's `moe_backend` like the expert kernels: unfused, these small ops took a
+Each runs either in plain PyTorch (the reference) or as one fused Triton kernel (`jetmoe_kernels.rmsnorm`,
+`jetmoe_kernels.rotary`), chosen by the model's `moe_backend` like the expert kernels: unfused, these small ops took a
 fifth of a JetMoE-8B training step on an H100 (docs/benchmarks.md).
 """
 
@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if resolve_backend(self.backend, x.device) == "triton":
-            from kernels.rmsnorm import rms_norm
+            from jetmoe_kernels.rmsnorm import rms_norm
 
             return rms_norm(x, self.weight, self.eps)
         x32 = x.float()
@@ -73,7 +73,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend:
     """
     head_dim = x.shape[-1]
     if resolve_backend(backend, x.device) == "triton" and head_dim & (head_dim - 1) == 0:  # the kernel's tiles
-        from kernels.rotary import apply_rotary as fused_rotary
+        from jetmoe_kernels.rotary import apply_rotary as fused_rotary
 
         return fused_rotary(x, cos, sin)
     x = x.flatten(1, 2) if x.dim() == 5 else x

@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+import jetmoe_model  # noqa: F401  first: in an uninstalled source checkout it makes `jetmoe_kernels` importable
+
 # Keep CPU runs predictable and quiet.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
