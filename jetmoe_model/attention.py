@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .attention_weights import stock_head_order
 from .experts import MoAExperts
 from .kv_cache import update_cache
 from .layers import apply_rotary
@@ -44,8 +45,13 @@ class MoAAttention(nn.Module):
         self.experts = MoAExperts(config)
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.kv_channels * config.num_key_value_heads, bias=False)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
-        """Returns the attention output `[B, L, hidden]` and the MoA router logits `[B*L, E]`."""
+    def forward(
+        self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, output_attentions=False,
+        **kwargs,
+    ):
+        """Returns the attention output `[B, L, hidden]`, the attention weights `[B, heads*k, L, S]` in transformers'
+        head order if `output_attentions` (computed by eager attention; else None) and the MoA router logits
+        `[B*L, E]`."""
         batch, length, _ = hidden_states.shape
         heads, k, dim = self.num_key_value_heads, self.top_k, self.head_dim
 
@@ -66,7 +72,8 @@ class MoAAttention(nn.Module):
                 key, value = cached_key, cached_value
 
         dropout = self.config.attention_dropout if self.training else 0.0
-        if self.config._attn_implementation == "sdpa" and attention_mask is None and only_this_chunk:
+        plain_causal = attention_mask is None and only_this_chunk and not output_attentions  # weights: eager below
+        if self.config._attn_implementation == "sdpa" and plain_causal:
             # Plain causal attention (training on full rows, or a prompt filling an empty cache): PyTorch's SDPA
             # directly, whose `[B, heads*k, L, dim]` output needs one copy into the slot layout; through the
             # attention interface it takes two.
@@ -75,14 +82,17 @@ class MoAAttention(nn.Module):
             )
             attn = attn.view(batch, heads, k, length, dim).permute(0, 3, 2, 1, 4)
         else:
-            attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention
+            attention: Callable = (
+                eager_attention
+                if output_attentions
+                else ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
             )
-            attn, _ = attention(
+            attn, weights = attention(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
             )  # [B, L, heads*k, dim]
             attn = attn.view(batch, length, heads, k, dim).transpose(2, 3)
-        return self.experts.reduce(attn.reshape(batch, length, k, heads * dim), routing), router_logits
+        weights = stock_head_order(weights, heads, k) if output_attentions else None
+        return self.experts.reduce(attn.reshape(batch, length, k, heads * dim), routing), weights, router_logits
 
 
 def preferred_attn_implementation() -> str:
