@@ -23,7 +23,7 @@ TINY_SHAPES = {
 
 
 def tiny_config_kwargs(shape: str = "e4k2", **overrides) -> dict:
-    return dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=128, **TINY_SHAPES[shape], **overrides)
+    return {**dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=128, **TINY_SHAPES[shape]), **overrides}
 
 
 @pytest.fixture
