@@ -12,23 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .attention_weights import stock_head_order
+from .attention_weights import eager_attention, eager_attention_in_stock_order
 from .experts import MoAExperts
 from .kv_cache import update_cache
 from .layers import apply_rotary
-
-
-def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention with grouped kv heads, for `attn_implementation="eager"`."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 class MoAAttention(nn.Module):
@@ -83,7 +70,7 @@ class MoAAttention(nn.Module):
             attn = attn.view(batch, heads, k, length, dim).permute(0, 3, 2, 1, 4)
         else:
             attention: Callable = (
-                eager_attention
+                eager_attention_in_stock_order
                 if output_attentions
                 else ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
             )
@@ -91,7 +78,7 @@ class MoAAttention(nn.Module):
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
             )  # [B, L, heads*k, dim]
             attn = attn.view(batch, length, heads, k, dim).transpose(2, 3)
-        weights = stock_head_order(weights, heads, k) if output_attentions else None
+        weights = weights if output_attentions else None
         return self.experts.reduce(attn.reshape(batch, length, k, heads * dim), routing), weights, router_logits
 
 

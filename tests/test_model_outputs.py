@@ -97,3 +97,15 @@ def test_base_model_returns_router_logits_only_when_asked(tmp_path):
     assert len(asked) == 2 * base.config.num_hidden_layers  # MoA and MoE router of each layer
     assert asked[0].shape == (ids.numel(), base.config.num_local_experts)
     assert_all_close(from_config, asked, "router_logits")
+
+
+def test_gradients_reach_the_returned_attention_weights(tmp_path):
+    """The weights returned are the ones the output is computed from, not a copy beside the graph."""
+    _, ours = stock_and_ours(tmp_path, "e4k2", seed=6)
+    ids, mask = left_padded_batch()
+    out = ours(ids, attention_mask=mask, output_attentions=True, output_hidden_states=True)
+    for tensor in (out.attentions[0], out.hidden_states[0]):
+        tensor.retain_grad()
+    out.logits[:, -1].sum().backward()
+    assert out.attentions[0].grad is not None and out.attentions[0].grad.abs().sum() > 0
+    assert out.hidden_states[0].grad is not None
