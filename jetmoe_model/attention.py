@@ -59,7 +59,7 @@ class MoAAttention(nn.Module):
                 key, value = cached_key, cached_value
 
         dropout = self.config.attention_dropout if self.training else 0.0
-        plain_causal = attention_mask is None and only_this_chunk and not output_attentions  # weights: eager below
+        plain_causal = attention_mask is None and only_this_chunk and not output_attentions  # weights asked: eager
         if self.config._attn_implementation == "sdpa" and plain_causal:
             # Plain causal attention (training on full rows, or a prompt filling an empty cache): PyTorch's SDPA
             # directly, whose `[B, heads*k, L, dim]` output needs one copy into the slot layout; through the

@@ -32,7 +32,7 @@ def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask,
             "(batch, past + new tokens)"
         )
     if position_ids is None and past_length + length > config.max_position_embeddings:
-        warn_beyond_trained_length(config, past_length + length)
+        warn_beyond_trained_length(config)
 
     ranges = []
     if input_ids is not None and input_ids.numel():
@@ -51,13 +51,12 @@ def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask,
         if low < 0:
             raise JetMoEInputError(f"position_ids hold negative positions (down to {low})")
         if high >= config.max_position_embeddings:
-            warn_beyond_trained_length(config, high + 1)
+            warn_beyond_trained_length(config)
 
 
-def warn_beyond_trained_length(config, num_positions: int) -> None:
+def warn_beyond_trained_length(config) -> None:
     if config.rope_parameters.get("rope_type", "default") == "default":
         logger.warning_once(
-            f"{num_positions} positions exceed max_position_embeddings={config.max_position_embeddings} with unscaled "
-            "RoPE: quality degrades past the trained length; a rope_parameters scaling (linear, dynamic, yarn) "
-            "extends it"
+            f"positions past max_position_embeddings={config.max_position_embeddings} with unscaled RoPE: quality "
+            "degrades past the trained length; a rope_parameters scaling (linear, dynamic, yarn) extends it"
         )
