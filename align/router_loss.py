@@ -3,9 +3,10 @@
 TRL 1.16 computes both losses through its fused LM head, which calls the backbone (`JetMoEModel`) directly and so
 never runs `JetMoEForCausalLM.forward`, where our weighted `router_loss` lives. TRL's own MoE term would be
 Mixtral's load balancing only, weighted by a `router_aux_loss_coef` that JetMoE's config does not have, so it stays
-off. Instead a forward hook on the backbone keeps the router logits of the policy's forward, and `compute_loss`
-adds `aux_loss_coef * load_balancing + router_z_loss_coef * z_loss` (the report's α=0.01, β=0.001; the same
-functions and mask as the model's own forward) and logs both parts as `aux_loss` and `router_z_loss`.
+off. Instead hooks on the backbone ask it for the router logits (it returns them only when asked) and keep those of
+the policy's forward, and `compute_loss` adds `aux_loss_coef * load_balancing + router_z_loss_coef * z_loss` (the
+report's α=0.01, β=0.001; the same functions and mask as the model's own forward) and logs both parts as `aux_loss`
+and `router_z_loss`.
 """
 
 from jetmoe_model import JetMoEModel
@@ -29,7 +30,12 @@ class RouterLossMixin:
         # Router logits come from the hook; asking the forward for them would switch on TRL's Mixtral-style term.
         self._backbone_config.output_router_logits = False
         self._captured = None
+        backbones[0].register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True)
         backbones[0].register_forward_hook(self._capture_router_logits, with_kwargs=True)
+
+    @staticmethod
+    def _ask_for_router_logits(module, args, kwargs):
+        return args, {**kwargs, "output_router_logits": True}
 
     def _capture_router_logits(self, module, args, kwargs, output):
         # The first backbone forward of a `compute_loss` is the policy's; a PEFT reference pass may follow.

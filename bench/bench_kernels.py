@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-import kernels
-from kernels import grouped_dw as dw_module
-from kernels import scatter_matmul as mm_module
-from kernels.combine import scattered_matmul_combine
-from kernels.glu import scattered_matmul_silu_glu, silu_glu
-from kernels.scatter_matmul import scatter_mm, scattered_matmul
-from kernels.schedule import routing_index
+import jetmoe_model  # noqa: F401  first: with PYTHONPATH=. (no install) it makes `jetmoe_kernels` importable
+import jetmoe_kernels
+from jetmoe_kernels import grouped_dw as dw_module
+from jetmoe_kernels import scatter_matmul as mm_module
+from jetmoe_kernels.combine import scattered_matmul_combine
+from jetmoe_kernels.glu import scattered_matmul_silu_glu, silu_glu
+from jetmoe_kernels.scatter_matmul import scatter_mm, scattered_matmul
+from jetmoe_kernels.schedule import routing_index
 
 SHAPE = dict(tokens=8192, hidden=2048, ffn=5632, attn=2048, experts=8, top_k=2)
 
@@ -47,7 +48,7 @@ def make_inputs(shape=SHAPE, seed=0):
 
     logits = torch.randn(t, e, device="cuda", generator=gen)
     return dict(
-        routing=kernels.route(logits, k, torch.bfloat16),
+        routing=jetmoe_kernels.route(logits, k, torch.bfloat16),
         x=rand(t, h), slots=rand(t * k, a), grouped_h=rand(t * k, f), ab=rand(t * k, 2 * f, scale=2.0),
         w_in=rand(e, 2 * f, h, scale=0.02), w_out=rand(e, h, f, scale=0.02),
         w_q=rand(e, a, h, scale=0.02), w_o=rand(e, h, a, scale=0.02),
@@ -65,7 +66,7 @@ def kernel_cases(inp):
     w_in, w_out, w_q, w_o = inp["w_in"], inp["w_out"], inp["w_q"], inp["w_o"]
     rows = r.sorted_slots.shape[0]
     ix = routing_index(r)
-    ref = kernels.scattered_experts_reference
+    ref = jetmoe_kernels.scattered_experts_reference
     return {
         "mlp input (token->grouped)": (
             lambda: scattered_matmul(x, w_in, ix, grouped_out=True),
@@ -86,8 +87,8 @@ def kernel_cases(inp):
             lambda: scattered_matmul_combine(slots, w_o, r.gates, ix), lambda: ref(slots, w_o, r, gates=r.gates),
             (slots, w_o), 2 * rows * w_o.shape[1] * w_o.shape[2]),
         "whole expert MLP": (
-            lambda: kernels.expert_mlp(x, w_in, w_out, r, F.silu, backend="triton"),
-            lambda: kernels.expert_mlp(x, w_in, w_out, r, F.silu, backend="torch"), (x, w_in, w_out),
+            lambda: jetmoe_kernels.expert_mlp(x, w_in, w_out, r, F.silu, backend="triton"),
+            lambda: jetmoe_kernels.expert_mlp(x, w_in, w_out, r, F.silu, backend="torch"), (x, w_in, w_out),
             2 * rows * (w_in.shape[1] * w_in.shape[2] + w_out.shape[1] * w_out.shape[2])),
     }  # fmt: skip
 

@@ -109,8 +109,9 @@ def projection_table(shape: dict, args) -> str:
     Columns: the base matmul alone; with LoRA fused into it (what the model runs); with the LoRA update as separate
     passes (two rank-r matmuls writing a `[T*k, out]` update, added, then combined: the path before the fusion).
     """
-    from kernels import route
-    from kernels.lora import ExpertLora, combine_slots, expert_lora_delta, scattered_experts
+    import jetmoe_model  # noqa: F401  first: with PYTHONPATH=. (no install) it makes `jetmoe_kernels` importable
+    from jetmoe_kernels import route
+    from jetmoe_kernels.lora import ExpertLora, combine_slots, expert_lora_delta, scattered_experts
 
     num_experts, top_k, tokens = shape["num_local_experts"], shape["num_experts_per_tok"], args.batch * args.seq
     table = ["| projection | base ms | + LoRA fused ms | + LoRA separate ms |", "|---|---|---|---|"]

@@ -12,23 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .attention_weights import eager_attention, eager_attention_in_stock_order
 from .experts import MoAExperts
 from .kv_cache import update_cache
 from .layers import apply_rotary
 from .varlen_attention import varlen_attention
-
-
-def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention with grouped kv heads, for `attn_implementation="eager"`."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)
-    value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 class MoAAttention(nn.Module):
@@ -45,10 +33,14 @@ class MoAAttention(nn.Module):
         self.experts = MoAExperts(config)
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.kv_channels * config.num_key_value_heads, bias=False)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, packed=None,
-                **kwargs):  # fmt: skip
-        """Returns the attention output `[B, L, hidden]` and the MoA router logits `[B*L, E]`. With `packed`
-        (a `PackedBatch`), the batch is one row of sequences laid end to end, each attending only to itself."""
+    def forward(
+        self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, output_attentions=False,
+        packed=None, **kwargs,
+    ):
+        """Returns the attention output `[B, L, hidden]`, the attention weights `[B, heads*k, L, S]` in transformers'
+        head order if `output_attentions` (computed by eager attention; else None) and the MoA router logits
+        `[B*L, E]`. With `packed` (a `PackedBatch`), the batch is one row of sequences laid end to end, each
+        attending only to itself."""
         batch, length, _ = hidden_states.shape
         heads, k, dim = self.num_key_value_heads, self.top_k, self.head_dim
 
@@ -67,7 +59,7 @@ class MoAAttention(nn.Module):
                 packed.max_length, self.scaling, self.config.attention_dropout if self.training else 0.0,
             )  # fmt: skip
             attn = attn.view(1, length, heads, k, dim).transpose(2, 3)
-            return self.experts.reduce(attn.reshape(1, length, k, heads * dim), routing), router_logits
+            return self.experts.reduce(attn.reshape(1, length, k, heads * dim), routing), None, router_logits
         only_this_chunk = True  # keys and values are this call's own: no earlier positions cached
         if past_key_values is not None:
             cached_key, cached_value = update_cache(past_key_values, self.layer_idx, key, value)
@@ -76,7 +68,8 @@ class MoAAttention(nn.Module):
                 key, value = cached_key, cached_value
 
         dropout = self.config.attention_dropout if self.training else 0.0
-        if self.config._attn_implementation == "sdpa" and attention_mask is None and only_this_chunk:
+        plain_causal = attention_mask is None and only_this_chunk and not output_attentions  # weights asked: eager
+        if self.config._attn_implementation == "sdpa" and plain_causal:
             # Plain causal attention (training on full rows, or a prompt filling an empty cache): PyTorch's SDPA
             # directly, whose `[B, heads*k, L, dim]` output needs one copy into the slot layout; through the
             # attention interface it takes two.
@@ -85,14 +78,17 @@ class MoAAttention(nn.Module):
             )
             attn = attn.view(batch, heads, k, length, dim).permute(0, 3, 2, 1, 4)
         else:
-            attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, eager_attention
+            attention: Callable = (
+                eager_attention_in_stock_order
+                if output_attentions
+                else ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)
             )
-            attn, _ = attention(
+            attn, weights = attention(
                 self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
             )  # [B, L, heads*k, dim]
             attn = attn.view(batch, length, heads, k, dim).transpose(2, 3)
-        return self.experts.reduce(attn.reshape(batch, length, k, heads * dim), routing), router_logits
+        weights = weights if output_attentions else None
+        return self.experts.reduce(attn.reshape(batch, length, k, heads * dim), routing), weights, router_logits
 
 
 def preferred_attn_implementation() -> str:

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-import kernels
-from kernels import Routing
-from kernels.lora import scattered_experts
+import jetmoe_kernels
+from jetmoe_kernels import Routing
+from jetmoe_kernels.lora import scattered_experts
 
 from .layers import resolve_backend
 
@@ -36,7 +36,8 @@ class ParallelExperts(nn.Module):
         glu_activation=None,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Each routed row times its expert's weight; rows and orders as in `kernels.scattered_experts_reference`.
+        """Each routed row times its expert's weight; rows and orders as in
+        `jetmoe_kernels.scattered_experts_reference`.
 
         `glu_activation` returns `act(a) * b` of the output's halves instead (the MLP's input projection); `bias`
         is added to the gate-combined token rows (the output projections; the layer owns it).
@@ -62,7 +63,7 @@ class TopKRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, backend: str = "torch") -> tuple[Routing, torch.Tensor]:
         logits = self.layer(x).float()
-        return kernels.route(logits, self.top_k, x.dtype, backend), logits
+        return jetmoe_kernels.route(logits, self.top_k, x.dtype, backend), logits
 
 
 class MoEMLP(nn.Module):

@@ -1,6 +1,13 @@
-"""Named errors for malformed model inputs, raised before they turn into an index error deep inside torch."""
+"""Named errors for malformed model inputs, raised before they turn into an index error deep inside torch.
+
+Positions past `max_position_embeddings` are not an error: RoPE has no table to overrun, scaled RoPE (linear,
+dynamic, yarn) exists to serve them, and transformers' JetMoe serves them; unscaled, they get a warning.
+"""
 
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 class JetMoEInputError(ValueError):
@@ -25,9 +32,7 @@ def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask,
             "(batch, past + new tokens)"
         )
     if position_ids is None and past_length + length > config.max_position_embeddings:
-        raise JetMoEInputError(
-            f"{past_length + length} positions exceed max_position_embeddings={config.max_position_embeddings}"
-        )
+        warn_beyond_trained_length(config)
 
     ranges = []
     if input_ids is not None and input_ids.numel():
@@ -43,7 +48,15 @@ def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask,
             raise JetMoEInputError(f"input_ids hold token ids in [{low}, {high}]; vocab_size is {config.vocab_size}")
     if values:
         low, high = values
-        if low < 0 or high >= config.max_position_embeddings:
-            raise JetMoEInputError(
-                f"position_ids reach {high}; max_position_embeddings is {config.max_position_embeddings}"
-            )
+        if low < 0:
+            raise JetMoEInputError(f"position_ids hold negative positions (down to {low})")
+        if high >= config.max_position_embeddings:
+            warn_beyond_trained_length(config)
+
+
+def warn_beyond_trained_length(config) -> None:
+    if config.rope_parameters.get("rope_type", "default") == "default":
+        logger.warning_once(
+            f"positions past max_position_embeddings={config.max_position_embeddings} with unscaled RoPE: quality "
+            "degrades past the trained length; a rope_parameters scaling (linear, dynamic, yarn) extends it"
+        )

@@ -1,13 +1,13 @@
 """Building blocks shared by attention and MLP: RMSNorm and rotary position embeddings.
 
-Each runs either in plain PyTorch (the reference) or as one fused Triton kernel (`kernels.rmsnorm`,
-`kernels.rotary`), chosen by the model's `moe_backend` like the expert kernels: unfused, these small ops took a
+Each runs either in plain PyTorch (the reference) or as one fused Triton kernel (`jetmoe_kernels.rmsnorm`,
+`jetmoe_kernels.rotary`), chosen by the model's `moe_backend` like the expert kernels: unfused, these small ops took a
 fifth of a JetMoE-8B training step on an H100 (docs/benchmarks.md).
 """
 
 import torch
 from torch import nn
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -28,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if resolve_backend(self.backend, x.device) == "triton":
-            from kernels.rmsnorm import rms_norm
+            from jetmoe_kernels.rmsnorm import rms_norm
 
             return rms_norm(x, self.weight, self.eps)
         x32 = x.float()
@@ -37,24 +37,31 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for the given positions; any RoPE scaling type transformers knows is accepted."""
+    """cos/sin tables for the given positions, with the config's RoPE scaling (any type transformers knows: linear,
+    dynamic, yarn, ...). Types that rescale with the length seen ("dynamic", "longrope") do so through transformers'
+    `dynamic_rope_update`, and transformers' weight init rebuilds the (unsaved) frequency buffers after loading: both
+    read the attributes and method named here as they expect them."""
 
     def __init__(self, config):
         super().__init__()
         self.config = config
-        inv_freq, self.attention_scaling = self.compute_inv_freq()
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        default = self.rope_type == "default"
+        rope_init = self.compute_default_rope_parameters if default else ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
-    def compute_inv_freq(self) -> tuple[torch.Tensor, float]:
-        """Also called by `_init_weights`: the buffer is not saved, so loading a checkpoint must rebuild it."""
-        rope = self.config.rope_parameters
-        rope_type = rope.get("rope_type", "default")
-        if rope_type != "default":
-            return ROPE_INIT_FUNCTIONS[rope_type](self.config)
-        dim = self.config.kv_channels
-        return 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
+    @staticmethod
+    def compute_default_rope_parameters(config, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Unscaled RoPE over a head (`kv_channels`) wide."""
+        dim = config.kv_channels
+        steps = torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim
+        return 1.0 / (config.rope_parameters["rope_theta"] ** steps), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)
         angles = torch.cat((freqs, freqs), dim=-1)
@@ -73,7 +80,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend:
     """
     head_dim = x.shape[-1]
     if resolve_backend(backend, x.device) == "triton" and head_dim & (head_dim - 1) == 0:  # the kernel's tiles
-        from kernels.rotary import apply_rotary as fused_rotary
+        from jetmoe_kernels.rotary import apply_rotary as fused_rotary
 
         return fused_rotary(x, cos, sin)
     x = x.flatten(1, 2) if x.dim() == 5 else x

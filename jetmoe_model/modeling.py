@@ -11,13 +11,16 @@ from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.utils import can_return_tuple
 
 from .attention import MoAAttention
+from .attention_weights import mask_config
 from .checkpoint_checks import JetMoECheckpointError, shape_mismatches
 from .configuration import MOE_BACKENDS, JetMoEConfig
 from .experts import MoAExperts, MoEMLP, ParallelExperts
 from .input_checks import check_inputs
 from .layers import RMSNorm, RotaryEmbedding
+from .output_flags import requested_outputs
 from .packing import PackedBatch, from_packed_row, packed_positions, unpad
 from .router_losses import load_balancing_loss, router_z_loss
 
@@ -45,8 +48,9 @@ class JetMoEDecoderLayer(GradientCheckpointingLayer):
         self.mlp = MoEMLP(config)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
-        """Returns the new hidden states and the logits of this layer's two routers (MoA, MoE)."""
-        attn_out, attn_router_logits = self.self_attention(
+        """Returns the new hidden states, the attention weights (None unless `output_attentions`) and the logits of
+        this layer's two routers (MoA, MoE)."""
+        attn_out, attn_weights, attn_router_logits = self.self_attention(
             self.input_layernorm(hidden_states),
             position_embeddings,
             attention_mask=attention_mask,
@@ -55,7 +59,7 @@ class JetMoEDecoderLayer(GradientCheckpointingLayer):
         )
         hidden_states = hidden_states + attn_out
         mlp_out, mlp_router_logits = self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states + mlp_out, attn_router_logits, mlp_router_logits
+        return hidden_states + mlp_out, attn_weights, attn_router_logits, mlp_router_logits
 
 
 class JetMoEPreTrainedModel(PreTrainedModel):
@@ -78,8 +82,6 @@ class JetMoEPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
         elif isinstance(module, MoAExperts | MoEMLP):
             init.zeros_(module.bias)
-        elif isinstance(module, RotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq()[0])
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -122,6 +124,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -130,9 +133,17 @@ class JetMoEModel(JetMoEPreTrainedModel):
         past_key_values=None,
         inputs_embeds=None,
         use_cache=None,
+        output_attentions=None,
         output_hidden_states=None,
+        output_router_logits=None,
         **kwargs,
     ) -> JetMoEModelOutput:
+        output_attentions, output_hidden_states, output_router_logits = requested_outputs(
+            self.config,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+        )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of `input_ids` and `inputs_embeds`")
         if use_cache is None:  # a cache is for generation: training steps never build one unasked
@@ -146,7 +157,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        packed = self._packed_batch(attention_mask, position_ids, past_key_values, kwargs)
+        packed = self._packed_batch(attention_mask, position_ids, past_key_values, output_attentions, kwargs)
         if packed is not None:  # one row of real tokens: no mask, attention kept apart by the boundaries
             position_ids = packed_positions(packed, position_ids, inputs_embeds.device)
             inputs_embeds = packed.pack(inputs_embeds)
@@ -160,7 +171,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
             # create_causal_mask keeps packed sequences apart (as a mask, slowly). It only looks for packed rows when
             # there is no cache, and an empty cache changes nothing else in the mask.
             mask = create_causal_mask(
-                config=self.config,
+                config=mask_config(self.config, output_attentions),
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 past_key_values=past_key_values if past_length else None,
@@ -170,26 +181,31 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
         hidden_states = inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         router_logits = []
         for layer in self.layers:
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
-            hidden_states, attn_logits, mlp_logits = layer(
+            hidden_states, attn_weights, attn_logits, mlp_logits = layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
                 past_key_values=past_key_values,
                 position_ids=position_ids,
+                output_attentions=output_attentions,
                 packed=packed,
                 **kwargs,
             )
+            if all_attentions is not None:
+                all_attentions.append(attn_weights)
             router_logits += [attn_logits, mlp_logits]
         hidden_states = self.norm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
         if packed is not None:  # back to the caller's layout
             hidden_states = packed.unpack(hidden_states)
-            router_logits = [packed.unpack(logits.unsqueeze(0), flat=True) for logits in router_logits]
+            if output_router_logits:
+                router_logits = [packed.unpack(logits.unsqueeze(0), flat=True) for logits in router_logits]
             if all_hidden_states is not None:
                 all_hidden_states = [packed.unpack(states) for states in all_hidden_states]
 
@@ -197,15 +213,18 @@ class JetMoEModel(JetMoEPreTrainedModel):
             last_hidden_state=hidden_states,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
-            router_logits=tuple(router_logits),
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
+            router_logits=tuple(router_logits) if output_router_logits else None,
         )
 
 
-    def _packed_batch(self, attention_mask, position_ids, past_key_values, kwargs) -> PackedBatch | None:
+    def _packed_batch(self, attention_mask, position_ids, past_key_values, output_attentions,
+                      kwargs) -> PackedBatch | None:  # fmt: skip
         """How this forward runs padding-free, or None. Only without a cache (training, scoring), with
-        `config.padding_free` and SDPA or flash attention: a padded batch is unpadded; one row of sequences packed
-        end to end (TRL's padding-free collator) is taken as it comes."""
-        if not self.config.padding_free or past_key_values is not None:
+        `config.padding_free` and SDPA or flash attention, and no attention weights asked for (those come from eager
+        attention in the padded layout): a padded batch is unpadded; one row of sequences packed end to end (TRL's
+        padding-free collator) is taken as it comes."""
+        if not self.config.padding_free or past_key_values is not None or output_attentions:
             return None
         if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
             return None
@@ -228,6 +247,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids=None,
@@ -240,10 +260,10 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         output_router_logits: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> JetMoECausalLMOutput:
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
+        (output_router_logits,) = requested_outputs(self.config, output_router_logits=output_router_logits)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -251,7 +271,10 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+            return_dict=True,
             **kwargs,
         )
         # logits_to_keep: an int keeps the last n positions (0 keeps all), a tensor selects positions.
@@ -278,5 +301,6 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             router_logits=outputs.router_logits if output_router_logits else None,
         )

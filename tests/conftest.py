@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+import jetmoe_model  # noqa: F401  first: in an uninstalled source checkout it makes `jetmoe_kernels` importable
+
 # Keep CPU runs predictable and quiet.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -21,7 +23,7 @@ TINY_SHAPES = {
 
 
 def tiny_config_kwargs(shape: str = "e4k2", **overrides) -> dict:
-    return dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=128, **TINY_SHAPES[shape], **overrides)
+    return {**dict(vocab_size=97, num_hidden_layers=2, max_position_embeddings=128, **TINY_SHAPES[shape]), **overrides}
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ def _use_triton_interpreter() -> None:
         return
     stale = [name for name in sys.modules if name == "triton" or name.startswith("triton.")]
     stale = [name for name in stale if not name.startswith("triton._C")]  # the compiled extension stays
-    stale += [name for name, module in sys.modules.items() if name.startswith("kernels.") and hasattr(module, "tl")]
-    stale.append("kernels.triton_backend")
+    ours = [name for name in sys.modules if name.startswith("jetmoe_kernels.")]
+    stale += [name for name in ours if hasattr(sys.modules[name], "tl")]
+    stale.append("jetmoe_kernels.triton_backend")
     for name in stale:
         sys.modules.pop(name, None)
 
@@ -33,7 +34,7 @@ def _use_triton_interpreter() -> None:
 if not torch.cuda.is_available():
     _use_triton_interpreter()
 
-import kernels  # noqa: E402
+import jetmoe_kernels  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
@@ -63,7 +64,7 @@ def router_logits(kind: str, num_tokens: int, num_experts: int, seed: int = 0) -
 
 def make_routing(kind: str, num_tokens: int, num_experts: int, top_k: int, dtype, seed: int = 0, grad=False):
     """`(routing, gates)`; with `grad`, the gates are a leaf so their gradient can be checked directly."""
-    routing = kernels.route(router_logits(kind, num_tokens, num_experts, seed), top_k, dtype)
+    routing = jetmoe_kernels.route(router_logits(kind, num_tokens, num_experts, seed), top_k, dtype)
     routing.gates = routing.gates.detach().requires_grad_(grad)
     return routing, routing.gates
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from kernel_cases import CASE_IDS, CASES, assert_close, grads, make_routing, randn
 
-import kernels
+import jetmoe_kernels
 
 T, E, HIDDEN, FFN, ATTN = 19, 4, 24, 20, 16
 
@@ -27,7 +27,7 @@ def test_expert_mlp(dtype, routing_kind, activation):
     outs = {}
     for backend in ("torch", "triton"):
         routing, gates = make_routing(routing_kind, T, E, 2, dtype, grad=True)
-        out = kernels.expert_mlp(x, w_in, w_out, routing, activation, backend=backend)
+        out = jetmoe_kernels.expert_mlp(x, w_in, w_out, routing, activation, backend=backend)
         outs[backend] = (out, grads(out, (x, w_in, w_out, gates)))
     assert_close(outs["triton"][0], outs["torch"][0], dtype, "out")
     for name, got, want in zip(("dx", "dW_in", "dW_out", "dgates"), outs["triton"][1], outs["torch"][1]):
@@ -42,8 +42,8 @@ def test_moa_query_then_output(dtype, routing_kind):
     outs = {}
     for backend in ("torch", "triton"):
         routing, gates = make_routing(routing_kind, T, E, 2, dtype, grad=True)
-        queries = kernels.expert_query(x, w_q, routing, backend=backend)
-        out = kernels.expert_output(torch.tanh(queries), w_o, routing, backend=backend)  # stand-in attention
+        queries = jetmoe_kernels.expert_query(x, w_q, routing, backend=backend)
+        out = jetmoe_kernels.expert_output(torch.tanh(queries), w_o, routing, backend=backend)  # stand-in attention
         outs[backend] = (queries, out, grads(out, (x, w_q, w_o, gates)))
     assert_close(outs["triton"][0], outs["torch"][0], dtype, "queries")
     assert_close(outs["triton"][1], outs["torch"][1], dtype, "out")
@@ -52,7 +52,7 @@ def test_moa_query_then_output(dtype, routing_kind):
 
 
 def test_triton_backend_needs_gpu_or_interpreter(monkeypatch):
-    from kernels import triton_backend
+    from jetmoe_kernels import triton_backend
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     routing, _ = make_routing("random", 4, E, 2, torch.float32)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from kernel_cases import CASE_IDS, CASES, DTYPES, assert_close, grads, make_routing, randn
 
-from kernels import scattered_experts_reference
-from kernels.combine import gate_combine, scattered_matmul_combine
-from kernels.schedule import routing_index
+from jetmoe_kernels import scattered_experts_reference
+from jetmoe_kernels.combine import gate_combine, scattered_matmul_combine
+from jetmoe_kernels.schedule import routing_index
 
 T, E = 23, 4
 

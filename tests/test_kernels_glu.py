@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from kernel_cases import CASE_IDS, CASES, DTYPES, assert_close, grads, make_routing, randn
 
-from kernels import scattered_experts_reference
-from kernels.glu import scattered_matmul_silu_glu, silu_glu
-from kernels.schedule import routing_index
+from jetmoe_kernels import scattered_experts_reference
+from jetmoe_kernels.glu import scattered_matmul_silu_glu, silu_glu
+from jetmoe_kernels.schedule import routing_index
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

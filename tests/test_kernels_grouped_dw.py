@@ -4,8 +4,8 @@ import pytest
 import torch
 from kernel_cases import CASE_IDS, CASES, assert_close, make_routing, randn
 
-from kernels.grouped_dw import grouped_dw
-from kernels.schedule import routing_index
+from jetmoe_kernels.grouped_dw import grouped_dw
+from jetmoe_kernels.schedule import routing_index
 
 
 def expected_dw(x, dy, routing, x_rows, dy_rows):

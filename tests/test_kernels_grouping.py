@@ -4,16 +4,16 @@ import pytest
 import torch
 from kernel_cases import ROUTINGS, router_logits
 
-import kernels
-from kernels.schedule import routing_index
+import jetmoe_kernels
+from jetmoe_kernels.schedule import routing_index
 
 
 @pytest.mark.parametrize("routing_kind", ROUTINGS)
 @pytest.mark.parametrize("num_tokens,num_experts,top_k", [(37, 5, 2), (300, 8, 2), (64, 3, 1), (9, 16, 4)])
 def test_grouping_kernel_matches_torch_route(routing_kind, num_tokens, num_experts, top_k):
     logits = router_logits(routing_kind, num_tokens, num_experts, seed=num_tokens)
-    ours = kernels.route(logits, top_k, torch.float32, backend="triton")
-    ref = kernels.route(logits, top_k, torch.float32, backend="torch")
+    ours = jetmoe_kernels.route(logits, top_k, torch.float32, backend="triton")
+    ref = jetmoe_kernels.route(logits, top_k, torch.float32, backend="torch")
     for field in ("gates", "experts", "sorted_experts", "sorted_slots", "expert_counts", "expert_offsets"):
         assert torch.equal(getattr(ours, field).long() if field != "gates" else ours.gates, getattr(ref, field)), field
     index, ref_index = routing_index(ours), routing_index(ref)  # the kernel's, and the one built from the torch route

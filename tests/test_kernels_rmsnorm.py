@@ -5,7 +5,7 @@ import torch
 from kernel_cases import DTYPES, assert_close, grads, randn
 
 from jetmoe_model.layers import RMSNorm
-from kernels.rmsnorm import rms_norm
+from jetmoe_kernels.rmsnorm import rms_norm
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -5,7 +5,7 @@ import torch
 from kernel_cases import DEVICE, DTYPES, assert_close, grads, randn
 
 from jetmoe_model.layers import apply_rotary as reference
-from kernels.rotary import apply_rotary
+from jetmoe_kernels.rotary import apply_rotary
 
 BATCH, LENGTH, DIM = 2, 11, 16
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from kernel_cases import CASE_IDS, CASES, assert_close, grads, make_routing, randn
 
-from kernels import scattered_experts_reference
-from kernels.scatter_matmul import scattered_matmul, tma_readable
-from kernels.schedule import routing_index
+from jetmoe_kernels import scattered_experts_reference
+from jetmoe_kernels.scatter_matmul import scattered_matmul, tma_readable
+from jetmoe_kernels.schedule import routing_index
 
 T, E = 19, 4  # 19 tokens: no multiple of the interpreter's 16-row tiles
 

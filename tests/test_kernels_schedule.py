@@ -4,7 +4,7 @@ import pytest
 import torch
 from kernel_cases import ROUTINGS, make_routing
 
-from kernels.schedule import routing_index
+from jetmoe_kernels.schedule import routing_index
 
 
 @pytest.mark.parametrize("routing_kind", ROUTINGS)
@@ -30,7 +30,7 @@ def test_index_is_cached_per_routing():
 def test_tiles_too_big_for_shared_memory_fall_back_once():
     from triton.runtime.errors import OutOfResources
 
-    from kernels.schedule import launch_first_fitting
+    from jetmoe_kernels.schedule import launch_first_fitting
 
     big, small = dict(BLOCK_M=999, tag=1), dict(BLOCK_M=16, tag=2)
     tried = []

@@ -5,9 +5,9 @@ import pytest
 import torch
 from kernel_cases import DEVICE, assert_close, grads, make_routing, randn  # first: sets TRITON_INTERPRET on CPU
 
-from kernels import route
-from kernels.lora import ExpertLora, scattered_experts
-from kernels.reference import scattered_experts_reference
+from jetmoe_kernels import route
+from jetmoe_kernels.lora import ExpertLora, scattered_experts
+from jetmoe_kernels.reference import scattered_experts_reference
 
 TOKENS, TOP_K, EXPERTS, IN, OUT, RANK, SCALING = 13, 2, 4, 24, 20, 3, 1.7
 LAYOUTS = {

@@ -3,25 +3,10 @@
 import pytest
 import torch
 from conftest import TINY_SHAPES, tiny_config_kwargs
-from transformers import JetMoeConfig, JetMoeForCausalLM
+from model_pairs import randomize, stock_and_ours
+from transformers import JetMoeForCausalLM
 
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Random values everywhere, biases and norm scales included, so every parameter matters."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * (0.3 if param.dim() > 1 else 0.5))
-
-
-def stock_and_ours(tmp_path, shape: str, seed: int = 0):
-    stock = JetMoeForCausalLM(JetMoeConfig(**tiny_config_kwargs(shape)))
-    randomize(stock, seed)
-    stock.save_pretrained(tmp_path / "stock")
-    ours = JetMoEForCausalLM.from_pretrained(tmp_path / "stock", moe_backend="torch")
-    return stock.eval(), ours.eval()
 
 
 @pytest.mark.parametrize("shape", sorted(TINY_SHAPES))

@@ -3,7 +3,7 @@
 It is PEFT's `ParamWrapper` — same `lora_A` `[r*E, in]` / `lora_B` `[out, r*E]` parameters, same state-dict keys,
 same merge — so an adapter trained with it is an ordinary PEFT adapter. Only the forward differs: stock
 `ParamWrapper` folds `W + s*BA` for every expert on every call; this one adds `s*B_e (A_e x)` on the rows each
-expert actually receives (`kernels.lora.scattered_experts` with a LoRA pair: on Triton, fused into the base
+expert actually receives (`jetmoe_kernels.lora.scattered_experts` with a LoRA pair: on Triton, fused into the base
 expert matmul).
 """
 
@@ -13,8 +13,8 @@ import torch
 from peft.tuners.lora.layer import ParamWrapper
 from torch import nn
 
-from kernels import Routing
-from kernels.lora import ExpertLora, combine_slots, expert_lora_delta, glu, scattered_experts
+from jetmoe_kernels import Routing
+from jetmoe_kernels.lora import ExpertLora, combine_slots, expert_lora_delta, glu, scattered_experts
 
 
 def expert_factors(lora_A: torch.Tensor, lora_B: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
