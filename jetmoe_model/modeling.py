@@ -226,6 +226,8 @@ class JetMoEModel(JetMoEPreTrainedModel):
         padding-free collator) is taken as it comes."""
         if not self.config.padding_free or past_key_values is not None or output_attentions:
             return None
+        if torch.compiler.is_compiling():  # its sizes depend on the data: exported and compiled graphs stay padded
+            return None
         if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
             return None
         if attention_mask is not None:
