@@ -24,7 +24,8 @@ class PairLengthsMixin:
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if args.train_sampling_strategy != "batch_rebalance" or not isinstance(dataset, Dataset):
             return dataset
-        return dataset.map(pair_length, fn_kwargs={"max_length": args.max_length}, desc=f"Measuring {dataset_name} pairs")
+        return dataset.map(pair_length, fn_kwargs={"max_length": args.max_length},
+                           desc=f"Measuring {dataset_name} pairs")
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

@@ -66,8 +66,9 @@ def run(model, make_batch, step_lengths, warmup: int) -> dict:
     timed = times[warmup:]
     real = sum(sum(lengths) for lengths in step_lengths[warmup:])
     median = statistics.median(timed)
-    return dict(real_tok_s=real / sum(timed), median_s=median, worst_s=max(timed), worst_over_median=max(timed) / median,
-                compiles_while_timed=compiled_kernels() - before_timed, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+    return dict(real_tok_s=real / sum(timed), median_s=median, worst_s=max(timed),
+                worst_over_median=max(timed) / median, compiles_while_timed=compiled_kernels() - before_timed,
+                peak_gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
 def main() -> None:

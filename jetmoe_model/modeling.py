@@ -165,8 +165,8 @@ class JetMoEModel(JetMoEPreTrainedModel):
             kwargs = {key: value for key, value in kwargs.items() if key not in _PACKED_ROW_KWARGS}
         else:
             if position_ids is None:
-                position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)
-                position_ids = position_ids.unsqueeze(0)
+                length = inputs_embeds.shape[1]
+                position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
             # With padding_free off and no attention mask, positions restarting at 0 still start a new sequence:
             # create_causal_mask keeps packed sequences apart (as a mask, slowly). It only looks for packed rows when
             # there is no cache, and an empty cache changes nothing else in the mask.
