@@ -11,6 +11,8 @@
                                                         answer with a saved chat model (stock transformers);
                                                         sampling: --temperature, --top_p, --max_new_tokens
     export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
+    eval mt-bench MODEL_DIR --questions Q.jsonl [--judge-url URL]
+                                                        MT-Bench answers; with a judge, the score table and chart
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
 `--overwrite_output_dir` lets sft/dpo/pipeline replace an earlier run in the output dir (else refused).
@@ -27,6 +29,7 @@ from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 from .checkpoints import CheckpointFileError, ResumeError
 from .cli_help import add_stage_command
 from .data import DataError
+from .evaluation import mt_bench
 from .export import ExportError
 from .generate import __doc__ as generate_doc
 from .generate import add_generate_arguments, run_generate
@@ -57,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     tokenizer.add_argument("out_dir")
     tokenizer.add_argument("--samples", default="data/samples")
     tokenizer.add_argument("--vocab_size", type=int, default=1024)
+    evaluate = commands.add_parser("eval", help="evaluate a saved chat model on a benchmark")
+    benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
+    mt_bench.add_arguments(benchmarks.add_parser("mt-bench", help="MT-Bench answers, judging, score table, chart",
+                                                 description=mt_bench.__doc__))
     generate = commands.add_parser("generate", description=generate_doc, help="answer with a saved chat model: a "
                                    "question, a chat (--chat) or a file of prompts (--prompts)",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,6 +116,8 @@ def _run(args, overrides: dict) -> None:
         _say(f"tokenizer: {args.out_dir}/")
     elif args.command == "generate":
         run_generate(args)
+    elif args.command == "eval":
+        mt_bench.run(args)
     elif args.command == "export":
         from .export import export_merged
 

@@ -31,6 +31,7 @@ class Sampling:
 
 class ChatModel:
     def __init__(self, model_dir: str):
+        import torch
         from transformers import AutoTokenizer, JetMoeForCausalLM
 
         from .checkpoints import CheckpointFileError
@@ -41,14 +42,15 @@ class ChatModel:
             raise CheckpointFileError(problems[0])
         # Left padding: in a batch every prompt then ends where its answer starts.
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        self.model = JetMoeForCausalLM.from_pretrained(model_dir).eval()
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # the checkpoint's dtype, on the GPU where there is one
+        self.model = JetMoeForCausalLM.from_pretrained(model_dir, dtype="auto", device_map=device).eval()
 
     def answer(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
         """The assistant's next turn in each conversation, generated as one batch."""
         import torch
 
         inputs = self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, padding=True,
-                                                    return_tensors="pt", return_dict=True)
+                                                    return_tensors="pt", return_dict=True).to(self.model.device)
         with torch.no_grad():
             output = self.model.generate(**inputs, **sampling.generate_kwargs())
         return self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -1,0 +1,67 @@
+"""`python -m align eval mt-bench MODEL_DIR`: answers (resumable), then, given `--judge-url`, judgments
+(resumable), the score table and the chart, all in `--out` (default `MODEL_DIR/mt_bench`)."""
+
+import argparse
+import os
+from pathlib import Path
+
+from ..data import DataError
+from .answers import load_chat_model, write_answers
+from .judge import JudgeClient, judge_requests, run_judging
+from .questions import first_of_each_category, load_judge_prompts, load_questions, load_reference_answers
+from .scores import score_table, write_scores
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", help="a saved chat model (full checkpoint or LoRA adapter dir)")
+    parser.add_argument("--questions", required=True,
+                        help="MT-Bench's question.jsonl (FastChat's llm_judge/data/mt_bench) or a hub dataset id")
+    parser.add_argument("--judge-prompts", help="judge_prompts.jsonl (default: beside the question file)")
+    parser.add_argument("--reference-answers", help="reference answers for math/reasoning/coding (FastChat's "
+                        "reference_answer/gpt-4.jsonl); default: the question file's own `reference` field")
+    parser.add_argument("--out", help="output dir (default: MODEL_DIR/mt_bench)")
+    parser.add_argument("--model-id", help="the name in the answer file (default: MODEL_DIR's name)")
+    parser.add_argument("--max_new_tokens", type=int, default=1024)
+    parser.add_argument("--batch_size", type=int, default=16, help="questions answered together")
+    parser.add_argument("--per_category", type=int, help="only the first N questions of each category (a quick run)")
+    parser.add_argument("--judge-url", help="an OpenAI-compatible API base, e.g. https://api.openai.com/v1")
+    parser.add_argument("--judge-model", default="gpt-4")
+    parser.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="the variable holding the API key")
+    parser.add_argument("--judge-workers", type=int, default=8, help="judge requests at once")
+    parser.add_argument("--note", default="", help="a line for the score table (e.g. which judge this was)")
+
+
+def run(args: argparse.Namespace) -> None:
+    questions = load_questions(args.questions)
+    if args.per_category:
+        questions = first_of_each_category(questions, args.per_category)
+    model_id = args.model_id or Path(args.model_dir).resolve().name
+    out = Path(args.out or Path(args.model_dir) / "mt_bench")
+    answer_file = out / "model_answer" / f"{model_id}.jsonl"
+    answered = write_answers(load_chat_model(args.model_dir), questions, answer_file, model_id,
+                             args.max_new_tokens, args.batch_size)
+    print(f"mt-bench: {answered} questions answered now, all in {answer_file}")
+    if not args.judge_url:
+        return
+    prompts_file = Path(args.judge_prompts or Path(args.questions).parent / "judge_prompts.jsonl")
+    if not prompts_file.is_file():
+        raise DataError(str(prompts_file), "no judge prompts file there (pass --judge-prompts)")
+    references = load_reference_answers(args.reference_answers) if args.reference_answers else {}
+    answers = {row_id: turns for row_id, turns in read_answers(answer_file).items()}
+    requests = judge_requests(questions, answers, load_judge_prompts(prompts_file), references)
+    client = JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_key_env))
+    judgment_file = out / "model_judgment" / f"{args.judge_model}_single.jsonl"
+    asked = run_judging(client, requests, judgment_file, model_id, workers=args.judge_workers)
+    table = score_table(questions, judgment_file)
+    note = args.note or f"Judge: {args.judge_model} at {args.judge_url}."
+    paths = write_scores(table, out, model_id, note)
+    overall = table["overall"]["average"]
+    print(f"mt-bench: {asked} judgments asked now; overall {overall if overall is None else f'{overall:.3f}'} "
+          f"({len(table['failed'])} failed, {len(table['missing'])} missing); " + ", ".join(map(str, paths)))
+
+
+def read_answers(answer_file: Path) -> dict[int, list[str]]:
+    import json
+
+    rows = [json.loads(line) for line in answer_file.read_text().splitlines() if line.strip()]
+    return {row["question_id"]: row["choices"][0]["turns"] for row in rows}
