@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataError
+from .data.jsonl import jsonl_rows
 from .recipes import RecipeError
 
 CHAT_COMMANDS = "/reset starts a new conversation, /exit (or end of input) ends"
@@ -95,13 +96,7 @@ def read_prompts(path: Path, system: str | None) -> list[tuple[dict, list[dict]]
     if not path.is_file():
         raise DataError(path, "no such prompts file")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(path, f"not valid JSON ({error.msg})", row=number) from None
+    for number, row in jsonl_rows(path):
         if isinstance(row, dict) and isinstance(row.get("prompt"), str):
             rows.append((row, [*opening(system), {"role": "user", "content": row["prompt"]}]))
         elif isinstance(row, dict) and _ends_with_a_question(row.get("messages")):

@@ -1,12 +1,12 @@
 """MT-Bench's questions and judge prompts, from FastChat's files (`question.jsonl`, `judge_prompts.jsonl`) or
 the hub, and how each category is answered and judged."""
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import DataError
+from ..data.jsonl import jsonl_rows
 
 # FastChat's llm_judge: the temperature each category is answered with, and the categories judged against a
 # reference answer.
@@ -26,13 +26,9 @@ class Question:
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(str(path), f"not JSON ({error.msg})", row=number) from None
+    for number, row in jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(str(path), "expected a JSON object", row=number)
         missing = [key for key in required if key not in row]
         if missing:
             raise DataError(str(path), "missing", row=number, field=missing[0])
