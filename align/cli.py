@@ -34,7 +34,7 @@ from .export import ExportError
 from .generate import __doc__ as generate_doc
 from .generate import add_generate_arguments, run_generate
 from .preflight import preflight
-from .recipes import RecipeError, load_pipeline, load_recipe, parse_overrides, read_yaml
+from .recipes import RecipeError, load_pipeline, load_pipeline_eval, load_recipe, parse_overrides, read_yaml
 from .run_lock import OutputDirError, clear_earlier_run
 
 USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, CheckpointFileError, OutputDirError,
@@ -90,9 +90,13 @@ def _run(args, overrides: dict) -> None:
         from .pipeline import run_pipeline, summary
 
         recipes = load_pipeline(args.recipe, overrides)
+        evaluation = load_pipeline_eval(args.recipe)
         _log_on_main_process_only()
         _prepare_output_dirs(recipes, args)
-        _say(summary(*run_pipeline(*recipes, resume=args.resume)))
+        sft_dir, dpo_dir = run_pipeline(*recipes, resume=args.resume)
+        _say(summary(sft_dir, dpo_dir))
+        if evaluation is not None and PartialState().is_main_process:
+            mt_bench.evaluate(str(dpo_dir), evaluation)
     elif args.command == "check":
         recipes = _load_any(args.recipe, overrides)
         preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)

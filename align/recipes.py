@@ -25,6 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from .data import DataMixture, DataSource
+from .evaluation.settings import MTBenchSettings
 from .lora.arguments import LoraArguments
 
 STAGES = ("sft", "dpo")
@@ -98,6 +99,7 @@ class PipelineRecipe:
     sft: str
     dpo: str
     output_dir: str
+    eval: dict | None = None  # optional: MT-Bench on the DPO output (align.evaluation.settings.MTBenchSettings)
 
 
 def training_config_class(stage: str):
@@ -313,6 +315,12 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Reci
             stage_overrides.update({"model.name_or_path": recipes[0].training.output_dir, "model.init": "pretrained"})
         recipes.append(load_recipe(path.parent / getattr(pipeline, stage), stage, stage_overrides))
     return recipes[0], recipes[1]
+
+
+def load_pipeline_eval(path: str | Path) -> MTBenchSettings | None:
+    """The pipeline's `eval:` section, checked before anything trains; None without one."""
+    section = _build(PipelineRecipe, read_yaml(path), str(path)).eval
+    return None if section is None else _build(MTBenchSettings, section, f"{path}: eval")
 
 
 def section_classes(stage: str) -> dict[str, type]:

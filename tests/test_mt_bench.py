@@ -175,3 +175,36 @@ def test_make_eval_on_a_chat_model_writes_the_table_and_chart_with_the_stub_judg
     assert set(table["categories"]) == set(TEMPERATURE) and table["overall"]["judged"] == 32
     assert (tmp_path / "scores.png").stat().st_size > 10_000
     assert "| **overall** |" in (tmp_path / "scores.md").read_text()
+
+
+def _pipeline_with_eval(tmp_path, evaluation: str) -> Path:
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"sft: {recipes / 'sft.yaml'}\ndpo: {recipes / 'dpo.yaml'}\noutput_dir: {tmp_path / 'run'}\n"
+                    f"eval: {evaluation}\n")
+    return path
+
+
+def test_a_pipeline_eval_section_with_a_misspelt_key_stops_before_training(tmp_path):
+    import subprocess
+    import sys
+
+    path = _pipeline_with_eval(tmp_path, "{questionz: q.jsonl}")
+    done = subprocess.run([sys.executable, "-m", "align", "pipeline", str(path)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and "eval: unknown key 'questionz'" in done.stderr, done.stderr[-1000:]
+    assert not (tmp_path / "run" / "sft").exists()
+
+
+@needs_files
+def test_a_pipeline_with_an_eval_section_ends_with_mt_bench_answers(tmp_path):
+    import subprocess
+    import sys
+
+    path = _pipeline_with_eval(tmp_path, f"{{questions: {MT_BENCH / 'question.jsonl'}, per_category: 1, "
+                                         "max_new_tokens: 4}")
+    done = subprocess.run([sys.executable, "-m", "align", "pipeline", str(path), "--max_steps", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = (tmp_path / "run" / "dpo" / "mt_bench" / "model_answer" / "dpo.jsonl").read_text().splitlines()
+    assert sorted(json.loads(row)["question_id"] for row in answers) == [81, 91, 101, 111, 121, 131, 141, 151]

@@ -2,7 +2,9 @@
 (resumable), the score table and the chart, all in `--out` (default `MODEL_DIR/mt_bench`)."""
 
 import argparse
+import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 from ..data import DataError
@@ -10,6 +12,7 @@ from .answers import load_chat_model, write_answers
 from .judge import JudgeClient, judge_requests, run_judging
 from .questions import first_of_each_category, load_judge_prompts, load_questions, load_reference_answers
 from .scores import score_table, write_scores
+from .settings import MTBenchSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,28 +35,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    questions = load_questions(args.questions)
-    if args.per_category:
-        questions = first_of_each_category(questions, args.per_category)
-    model_id = args.model_id or Path(args.model_dir).resolve().name
-    out = Path(args.out or Path(args.model_dir) / "mt_bench")
+    settings = MTBenchSettings(**{field.name: getattr(args, field.name) for field in fields(MTBenchSettings)})
+    evaluate(args.model_dir, settings, args.out, args.model_id)
+
+
+def evaluate(model_dir: str, settings: MTBenchSettings, out: str | None = None, model_id: str | None = None) -> None:
+    questions = load_questions(settings.questions)
+    if settings.per_category:
+        questions = first_of_each_category(questions, settings.per_category)
+    model_id = model_id or Path(model_dir).resolve().name
+    out = Path(out or Path(model_dir) / "mt_bench")
     answer_file = out / "model_answer" / f"{model_id}.jsonl"
-    answered = write_answers(load_chat_model(args.model_dir), questions, answer_file, model_id,
-                             args.max_new_tokens, args.batch_size)
+    answered = write_answers(load_chat_model(model_dir), questions, answer_file, model_id,
+                             settings.max_new_tokens, settings.batch_size)
     print(f"mt-bench: {answered} questions answered now, all in {answer_file}")
-    if not args.judge_url:
+    if not settings.judge_url:
         return
-    prompts_file = Path(args.judge_prompts or Path(args.questions).parent / "judge_prompts.jsonl")
+    prompts_file = Path(settings.judge_prompts or Path(settings.questions).parent / "judge_prompts.jsonl")
     if not prompts_file.is_file():
         raise DataError(str(prompts_file), "no judge prompts file there (pass --judge-prompts)")
-    references = load_reference_answers(args.reference_answers) if args.reference_answers else {}
-    answers = {row_id: turns for row_id, turns in read_answers(answer_file).items()}
-    requests = judge_requests(questions, answers, load_judge_prompts(prompts_file), references)
-    client = JudgeClient(args.judge_url, args.judge_model, os.environ.get(args.judge_key_env))
-    judgment_file = out / "model_judgment" / f"{args.judge_model}_single.jsonl"
-    asked = run_judging(client, requests, judgment_file, model_id, workers=args.judge_workers)
+    references = load_reference_answers(settings.reference_answers) if settings.reference_answers else {}
+    requests = judge_requests(questions, read_answers(answer_file), load_judge_prompts(prompts_file), references)
+    client = JudgeClient(settings.judge_url, settings.judge_model, os.environ.get(settings.judge_key_env))
+    judgment_file = out / "model_judgment" / f"{settings.judge_model}_single.jsonl"
+    asked = run_judging(client, requests, judgment_file, model_id, workers=settings.judge_workers)
     table = score_table(questions, judgment_file)
-    note = args.note or f"Judge: {args.judge_model} at {args.judge_url}."
+    note = settings.note or f"Judge: {settings.judge_model} at {settings.judge_url}."
     paths = write_scores(table, out, model_id, note)
     overall = table["overall"]["average"]
     print(f"mt-bench: {asked} judgments asked now; overall {overall if overall is None else f'{overall:.3f}'} "
@@ -61,7 +68,5 @@ def run(args: argparse.Namespace) -> None:
 
 
 def read_answers(answer_file: Path) -> dict[int, list[str]]:
-    import json
-
     rows = [json.loads(line) for line in answer_file.read_text().splitlines() if line.strip()]
     return {row["question_id"]: row["choices"][0]["turns"] for row in rows}

@@ -1,0 +1,19 @@
+"""How MT-Bench is run: `eval mt-bench`'s options, and the `eval:` section of a pipeline recipe, which evaluates
+the DPO output when the pipeline has trained it."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MTBenchSettings:
+    questions: str  # question.jsonl, or a hub dataset id
+    judge_prompts: str | None = None  # default: judge_prompts.jsonl beside the question file
+    reference_answers: str | None = None  # FastChat's reference_answer/gpt-4.jsonl
+    judge_url: str | None = None  # an OpenAI-compatible API base; none: answers only
+    judge_model: str = "gpt-4"
+    judge_key_env: str = "OPENAI_API_KEY"
+    judge_workers: int = 8
+    max_new_tokens: int = 1024
+    batch_size: int = 16
+    per_category: int | None = None  # the first N questions of each category only
+    note: str = ""  # a line for the score table
