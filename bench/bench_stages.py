@@ -297,20 +297,22 @@ def stock_model(config, dtype: torch.dtype, device: torch.device):
 
     if is_deepspeed_zero3_enabled():
         model = JetMoeForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
-        mark_expert_layers_as_leaves(model)
+        mark_decoder_layers_as_leaves(model)
         return model
     with device:
         return JetMoeForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
 
 
-def mark_expert_layers_as_leaves(model) -> None:
-    """ZeRO-3 gathers each attention and MoE layer whole, as `align.distributed` does for ours: transformers'
-    MoA, like ours, is used through `map`/`reduce`, outside its forward hook, and every rank must gather every
-    expert whatever its tokens chose."""
+def mark_decoder_layers_as_leaves(model) -> None:
+    """ZeRO-3 gathers each decoder layer whole: transformers' MoA, like ours, is used through `map`/`reduce`,
+    outside its forward hook, and every rank must gather every expert whatever its tokens chose. With only the
+    attention and MoE layers as leaves (as `align.distributed` marks ours) DeepSpeed's backward failed on
+    transformers' JetMoe ("The size of tensor a (0) must match the size of tensor b (hidden)", on 2 H200s and with
+    `--tiny` on CPU); whole decoder layers run."""
     from deepspeed.utils import set_z3_leaf_modules
-    from transformers.models.jetmoe.modeling_jetmoe import JetMoeAttention, JetMoeMoE
+    from transformers.models.jetmoe.modeling_jetmoe import JetMoeDecoderLayer
 
-    set_z3_leaf_modules(model, [JetMoeAttention, JetMoeMoE])
+    set_z3_leaf_modules(model, [JetMoeDecoderLayer])
 
 
 def stock_lora_config(recipe):
@@ -352,7 +354,7 @@ def run_stock(cli, recipe) -> dict:
     if recipe.training.activation_checkpointing and not supported:
         notes.append("activation checkpointing off: transformers' JetMoe does not support it")
     if is_deepspeed_zero3_enabled():
-        notes.append("ZeRO-3: attention and MoE layers gathered whole (leaf modules), as for ours")
+        notes.append("ZeRO-3: each decoder layer gathered whole (a leaf module; ours gathers attention and MoE)")
     if recipe.lora:
         notes.append(f"LoRA dropout 0 (recipe: {recipe.lora.dropout}): stock PEFT refuses it on target_parameters")
     torch.manual_seed(args.seed)
