@@ -69,7 +69,7 @@ def judge_requests(questions: list[Question], answers: dict[int, list[str]], pro
                    references: dict[int, list[str]]) -> list[JudgeRequest]:
     """Both turns of every answered question. Reference answers: `references` (e.g. GPT-4's, as FastChat uses),
     else the question file's own `reference` field; a reference category without either is judged with the
-    general prompt (`scores` says how many)."""
+    general prompt (each judgment records its prompt name, under `judge`)."""
     requests = []
     for question in questions:
         if question.question_id not in answers:
