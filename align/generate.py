@@ -1,11 +1,14 @@
-"""Answer with a saved chat model, loaded the way its users will: transformers' own `JetMoeForCausalLM` and
-`AutoTokenizer`, each prompt built by the tokenizer's chat template. Three ways in: one question, an interactive
-multi-turn chat on stdin (`--chat`), or a JSONL file of prompts answered in batches (`--prompts IN --output OUT`).
-Greedy by default; `--temperature` above 0 samples (with `--top_p`, reproducibly with `--seed`)."""
+"""Answer with a saved chat model, each prompt built by the tokenizer's chat template. Three ways in: one question,
+an interactive multi-turn chat on stdin (`--chat`), or a JSONL file of prompts answered in batches (`--prompts IN
+--output OUT`). Greedy by default; `--temperature` above 0 samples (with `--top_p`, reproducibly with `--seed`).
+
+Two engines: "jetmoe" (the default) loads the checkpoint into our model and decodes with
+`jetmoe_model.decoding` (a preallocated cache, CUDA-graph steps: several times transformers' speed on a GPU);
+"transformers" loads it as its users' own stack would, transformers' `JetMoeForCausalLM` and its `generate`."""
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .data import DataError
@@ -13,6 +16,7 @@ from .data.jsonl import jsonl_rows
 from .recipes import RecipeError
 
 CHAT_COMMANDS = "/reset starts a new conversation, /exit (or end of input) ends"
+ENGINES = ("jetmoe", "transformers")
 
 
 @dataclass
@@ -31,29 +35,68 @@ class Sampling:
 
 
 class ChatModel:
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, engine: str = "jetmoe"):
         import torch
         from transformers import AutoTokenizer, JetMoeForCausalLM
+
+        from jetmoe_model import JetMoEForCausalLM
 
         from .checkpoints import CheckpointFileError
         from .preflight import path_problems
 
+        if engine not in ENGINES:
+            raise RecipeError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         problems = path_problems("generate", model_dir, set(), ("config.json",))
         if problems:  # named here: transformers would blame a missing sentencepiece or try the hub
             raise CheckpointFileError(problems[0])
         # Left padding: in a batch every prompt then ends where its answer starts.
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         device = "cuda" if torch.cuda.is_available() else "cpu"  # the checkpoint's dtype, on the GPU where there is one
-        self.model = JetMoeForCausalLM.from_pretrained(model_dir, dtype="auto", device_map=device).eval()
+        model_class = JetMoEForCausalLM if engine == "jetmoe" else JetMoeForCausalLM
+        self._use(model_class.from_pretrained(model_dir, dtype="auto", device_map=device).eval(), tokenizer, engine)
 
-    def answer(self, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
-        """The assistant's next turn in each conversation, generated as one batch."""
+    @classmethod
+    def of(cls, model, tokenizer, engine: str = "jetmoe") -> "ChatModel":
+        """A chat model around a model already loaded (ours for "jetmoe"), its tokenizer padding on the left."""
+        chat = cls.__new__(cls)
+        chat._use(model.eval(), tokenizer, engine)
+        return chat
+
+    def _use(self, model, tokenizer, engine: str) -> None:
+        self.model, self.tokenizer, self.engine = model, tokenizer, engine
+
+    def answer(self, conversations: list[list[dict]], sampling: Sampling,
+               temperatures: list[float] | None = None) -> list[str]:  # fmt: skip
+        """The assistant's next turn in each conversation, generated as one batch; `temperatures`, one a
+        conversation, replace `sampling.temperature` (transformers' engine generates each temperature apart)."""
+        if temperatures is None or self.engine == "jetmoe":
+            return self._generate(conversations, sampling, temperatures)
+        answers = [""] * len(conversations)
+        for temperature in sorted(set(temperatures)):
+            rows = [row for row, value in enumerate(temperatures) if value == temperature]
+            alike = self._generate([conversations[row] for row in rows], replace(sampling, temperature=temperature))
+            for row, answer in zip(rows, alike):
+                answers[row] = answer
+        return answers
+
+    def _generate(self, conversations: list[list[dict]], sampling: Sampling,
+                  temperatures: list[float] | None = None) -> list[str]:  # fmt: skip
         import torch
+
+        from jetmoe_model import decoding
 
         inputs = self.tokenizer.apply_chat_template(conversations, add_generation_prompt=True, padding=True,
                                                     return_tensors="pt", return_dict=True).to(self.model.device)
         with torch.no_grad():
-            output = self.model.generate(**inputs, **sampling.generate_kwargs())
+            if self.engine == "transformers":
+                output = self.model.generate(**inputs, **sampling.generate_kwargs())
+            else:
+                config = self.model.generation_config
+                output = decoding.generate(
+                    self.model, inputs["input_ids"], inputs["attention_mask"], sampling.max_new_tokens,
+                    temperature=sampling.temperature if temperatures is None else temperatures,
+                    top_p=sampling.top_p, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+                )  # fmt: skip
         return self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -135,6 +178,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default): greedy; above 0: sample")
     parser.add_argument("--top_p", type=float, default=1.0, help="when sampling: nucleus sampling's mass")
     parser.add_argument("--seed", type=int, help="when sampling: the same seed gives the same answers")
+    add_engine_argument(parser)
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINES, default="jetmoe",
+                        help="jetmoe (default): our model and fast batched decoding; transformers: transformers' "
+                             "JetMoeForCausalLM and its generate")
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -153,7 +203,7 @@ def run_generate(args: argparse.Namespace) -> None:
         from transformers import set_seed
 
         set_seed(args.seed)
-    model = ChatModel(args.model_dir)
+    model = ChatModel(args.model_dir, args.engine)
     if args.chat:
         chat(model, sampling, args.system)
     elif args.prompts is not None:

@@ -14,6 +14,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 def update_cache(cache: Cache, layer_idx: int, key: torch.Tensor, value: torch.Tensor):
     """`cache.update(key, value, layer_idx)`: the keys and values to attend over, this call's appended."""
+    if not isinstance(cache, Cache):  # our decoder's preallocated cache (`jetmoe_model.decoding`)
+        return cache.update(key, value, layer_idx)
     layers = cache.layers
     if (
         not torch.is_grad_enabled()

@@ -29,6 +29,22 @@ def test_sampling_options_change_the_answer_reproducibly(demo_run, capsys):
 
 
 @pytest.mark.slow
+def test_both_engines_give_the_same_greedy_answers_and_mixed_temperatures_sample_their_rows_only(demo_run):
+    from align.generate import Sampling
+
+    model_dir = str(demo_run[0] / "dpo")
+    conversations = [[{"role": "user", "content": question}] for question in QUESTIONS]
+    greedy = Sampling(max_new_tokens=24)
+    ours, stock = ChatModel(model_dir), ChatModel(model_dir, engine="transformers")
+    assert ours.engine == "jetmoe" and type(ours.model).__module__.startswith("jetmoe_model")
+    expected = stock.answer(conversations, greedy)
+    assert ours.answer(conversations, greedy) == expected
+    for chat in (ours, stock):  # ours in one batch, transformers' one temperature at a time
+        mixed = chat.answer(conversations, greedy, temperatures=[0.0, 5.0, 0.0])
+        assert [mixed[0], mixed[2]] == [expected[0], expected[2]] and mixed[1] != expected[1]
+
+
+@pytest.mark.slow
 def test_chat_mode_keeps_the_conversation_until_reset(demo_run, capsys, monkeypatch):
     asked = []
     answer = ChatModel.answer
@@ -79,7 +95,7 @@ def _answer_alone(model_dir, question, capsys) -> str:
 ])
 def test_generate_mistakes_end_in_one_named_line(argv, named, tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "hi"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
-    monkeypatch.setattr(ChatModel, "__init__", lambda self, model_dir: None)  # the mistakes come before the model
+    monkeypatch.setattr(ChatModel, "__init__", lambda self, model_dir, engine="jetmoe": None)  # the mistakes come before the model
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert main(["generate", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -54,8 +54,8 @@ def test_answers_are_written_in_fastchats_format_with_both_turns_and_the_categor
                  Question(131, "stem", ["What is water?", "And ice?"])]
     calls = []
     answer = chat_model.answer
-    chat_model.answer = lambda conversations, sampling: calls.append((conversations, sampling)) or answer(
-        conversations, sampling)
+    chat_model.answer = lambda conversations, sampling, temperatures: calls.append(
+        (conversations, temperatures)) or answer(conversations, sampling, temperatures)
     out = tmp_path / "answers.jsonl"
     assert write_answers(chat_model, questions, out, "tiny", max_new_tokens=4, batch_size=8, progress=str) == 3
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -63,7 +63,8 @@ def test_answers_are_written_in_fastchats_format_with_both_turns_and_the_categor
     for row in rows:
         assert row["model_id"] == "tiny" and {"answer_id", "tstamp"} <= set(row)
         assert len(row["choices"]) == 1 and len(row["choices"][0]["turns"]) == 2
-    temperatures = {conversations[0][0]["content"]: sampling.temperature for conversations, sampling in calls}
+    temperatures = {conversation[0]["content"]: temperature for conversations, temperatures in calls
+                    for conversation, temperature in zip(conversations, temperatures)}
     assert temperatures == {"Write a poem about the sea.": 0.7, "What is 2 plus 3?": 0.0, "What is water?": 0.1}
     first_answers = {row["question_id"]: row["choices"][0]["turns"][0] for row in rows}
     second_turns = [c for conversations, _ in calls for c in conversations if len(c) == 3]

@@ -1,5 +1,5 @@
 """MT-Bench answers: each question's two turns (the second sees the first answer), sampled as the benchmark
-prescribes per category, in batches, written as FastChat's answer file (one JSON line per question:
+prescribes per category (one batch mixes categories: each row has its own temperature), written as FastChat's answer file (one JSON line per question:
 `question_id`, `answer_id`, `model_id`, `choices[0].turns`, `tstamp`), so its judge scripts read it unchanged.
 Questions already in the file are not answered again."""
 
@@ -7,24 +7,23 @@ import json
 import tempfile
 import time
 import uuid
-from itertools import groupby
 from pathlib import Path
 
 from ..generate import ChatModel, Sampling
 from .questions import TEMPERATURE, Question
 
 
-def load_chat_model(model_dir: str) -> ChatModel:
+def load_chat_model(model_dir: str, engine: str = "jetmoe") -> ChatModel:
     """A full checkpoint as it is; a LoRA adapter dir merged into its base first (`align export`, to a temp dir)."""
     from ..lora.stage_support import is_adapter_dir
 
     if not is_adapter_dir(model_dir):
-        return ChatModel(model_dir)
+        return ChatModel(model_dir, engine)
     from ..export import export_merged
 
     merged = Path(tempfile.mkdtemp(prefix="mt-bench-merged-"))
     export_merged(model_dir, merged)
-    return ChatModel(str(merged))
+    return ChatModel(str(merged), engine)
 
 
 def answered_ids(answer_file: Path) -> set[int]:
@@ -39,24 +38,22 @@ def write_answers(chat: ChatModel, questions: list[Question], answer_file: Path,
     done = answered_ids(answer_file)
     todo = sorted((q for q in questions if q.question_id not in done), key=lambda q: TEMPERATURE[q.category])
     answer_file.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for temperature, group in groupby(todo, key=lambda q: TEMPERATURE[q.category]):
-        group = list(group)
-        sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
-        for start in range(0, len(group), batch_size):
-            batch = group[start:start + batch_size]
-            with answer_file.open("a", encoding="utf-8") as out:
-                for question, turns in zip(batch, answer_both_turns(chat, batch, sampling)):
-                    out.write(json.dumps(answer_row(question, turns, model_id)) + "\n")
-            count += len(batch)
-            progress(f"mt-bench answers: {len(done) + count}/{len(questions)} questions")
-    return count
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        with answer_file.open("a", encoding="utf-8") as out:
+            for question, turns in zip(batch, answer_both_turns(chat, batch, sampling)):
+                out.write(json.dumps(answer_row(question, turns, model_id)) + "\n")
+        progress(f"mt-bench answers: {len(done) + start + len(batch)}/{len(questions)} questions")
+    return len(todo)
 
 
 def answer_both_turns(chat: ChatModel, batch: list[Question], sampling: Sampling) -> list[list[str]]:
-    first = chat.answer([[{"role": "user", "content": q.turns[0]}] for q in batch], sampling)
+    temperatures = [TEMPERATURE[q.category] for q in batch]
+    first = chat.answer([[{"role": "user", "content": q.turns[0]}] for q in batch], sampling, temperatures)
     second = chat.answer([[{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": answer},
-                           {"role": "user", "content": q.turns[1]}] for q, answer in zip(batch, first)], sampling)
+                           {"role": "user", "content": q.turns[1]}] for q, answer in zip(batch, first)], sampling,
+                         temperatures)
     return [[one.strip(), two.strip()] for one, two in zip(first, second)]
 
 

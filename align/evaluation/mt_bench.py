@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..data import DataError
+from ..generate import add_engine_argument
 from .answers import load_chat_model, write_answers
 from .judge import JudgeClient, judge_requests, run_judging
 from .questions import first_of_each_category, load_judge_prompts, load_questions, load_reference_answers
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="the variable holding the API key")
     parser.add_argument("--judge-workers", type=int, default=8, help="judge requests at once")
     parser.add_argument("--note", default="", help="a line for the score table (e.g. which judge this was)")
+    add_engine_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -46,7 +48,7 @@ def evaluate(model_dir: str, settings: MTBenchSettings, out: str | None = None, 
     model_id = model_id or Path(model_dir).resolve().name
     out = Path(out or Path(model_dir) / "mt_bench")
     answer_file = out / "model_answer" / f"{model_id}.jsonl"
-    answered = write_answers(load_chat_model(model_dir), questions, answer_file, model_id,
+    answered = write_answers(load_chat_model(model_dir, settings.engine), questions, answer_file, model_id,
                              settings.max_new_tokens, settings.batch_size)
     print(f"mt-bench: {answered} questions answered now, all in {answer_file}")
     if not settings.judge_url:

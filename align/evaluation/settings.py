@@ -15,5 +15,6 @@ class MTBenchSettings:
     judge_workers: int = 8
     max_new_tokens: int = 1024
     batch_size: int = 16
+    engine: str = "jetmoe"  # or "transformers": its JetMoeForCausalLM and generate (align.generate.ENGINES)
     per_category: int | None = None  # the first N questions of each category only
     note: str = ""  # a line for the score table
