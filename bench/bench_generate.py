@@ -103,13 +103,14 @@ def main() -> None:
                         help="comma-separated: decoder (ours + jetmoe_model.decoding), ours-generate (ours + "
                              "transformers' generate), transformers (its JetMoeForCausalLM and generate)")
     parser.add_argument("--mt-bench", metavar="QUESTIONS", help="MT-Bench's question.jsonl: time its answers too")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 on a GPU, else float32")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape (CPU smoke run)")
     cli = parser.parse_args()
 
     from transformers import JetMoeConfig, JetMoeForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, cli.dtype or ("bfloat16" if device == "cuda" else "float32"))
     ours_config = JetMoEConfig(**TINY) if cli.tiny else JetMoEConfig.from_pretrained(CONFIG)
     stock_config = JetMoeConfig(**{key: value for key, value in ours_config.to_dict().items()
                                    if key not in ("moe_backend", "router_z_loss_coef", "padding_free")})
@@ -140,6 +141,8 @@ def main() -> None:
         agree = same.cumprod(1).sum(1).float()
         print(f"decoder vs ours-generate, greedy: identical rows {int((agree == cli.new_tokens).sum())}/"
               f"{cli.prompts}, tokens identical before the first difference: median {agree.median():.0f}")
+        for name in ("decoder", "ours-generate"):
+            print(f"  {name}, row 0: {outputs[name][0, new][:8].tolist()}")
     if cli.mt_bench:
         mt_bench_answers(cli.mt_bench, ours_config, dtype, device)
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .layers import apply_rotary
 
@@ -63,9 +64,11 @@ def _attend_one_token(attention, x, rope, cache: DecodeCache, layer_idx: int, sl
     keys.index_copy_(2, slot.view(1), key)
     values.index_copy_(2, slot.view(1), value)
     span = visible.shape[1]
-    scores = torch.matmul(query, keys[:, :, :span].transpose(-1, -2)).float() * attention.scaling  # [B, h, k, S]
-    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
-    out = torch.matmul(scores.softmax(-1).to(values.dtype), values[:, :, :span])  # [B, heads, k, dim]
+    # A kv head's k query heads are k query rows against its keys (no causal mask among them): SDPA reads each
+    # key/value head once and keeps the scores in float32, as the prompt's attention does.
+    out = F.scaled_dot_product_attention(
+        query, keys[:, :, :span], values[:, :, :span], attn_mask=visible[:, None, None, :], scale=attention.scaling
+    )  # [B, heads, k, dim]
     return attention.experts.reduce(out.transpose(1, 2).reshape(batch, 1, top_k, heads * dim), routing)
 
 

@@ -92,13 +92,19 @@ def test_prompts_padded_on_the_right_are_refused(models, prompts):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_steps_match_eager_steps_on_the_triton_kernels(models, prompts):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_the_triton_kernels_cuda_graph_steps_match_eager_steps_and_generate(models, prompts, dtype):
     _, ours = models
-    model = ours.to("cuda", torch.bfloat16)
+    model = ours.to("cuda", dtype)
     model.set_moe_backend("triton")
     on_gpu = {name: tensor.cuda() for name, tensor in prompts.items()}
-    eager = decoding.generate(model, **on_gpu, max_new_tokens=NEW_TOKENS, cuda_graphs=False)
-    graphed = decoding.generate(model, **on_gpu, max_new_tokens=NEW_TOKENS, cuda_graphs=True)
-    model.set_moe_backend("torch")
-    model.to("cpu", torch.float32)
+    try:
+        eager = decoding.generate(model, **on_gpu, max_new_tokens=NEW_TOKENS, cuda_graphs=False)
+        graphed = decoding.generate(model, **on_gpu, max_new_tokens=NEW_TOKENS, cuda_graphs=True)
+        expected = model.generate(**on_gpu, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
+                                  eos_token_id=None)
+    finally:
+        model.set_moe_backend("torch")
+        model.to("cpu", torch.float32)
     assert torch.equal(graphed, eager)
+    assert torch.equal(eager, expected)

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output dir (default: MODEL_DIR/mt_bench)")
     parser.add_argument("--model-id", help="the name in the answer file (default: MODEL_DIR's name)")
     parser.add_argument("--max_new_tokens", type=int, default=1024)
-    parser.add_argument("--batch_size", type=int, default=16, help="questions answered together")
+    parser.add_argument("--batch_size", type=int, default=40,
+                        help="questions answered together (the cache, in GPU memory, grows with it)")
     parser.add_argument("--per_category", type=int, help="only the first N questions of each category (a quick run)")
     parser.add_argument("--judge-url", help="an OpenAI-compatible API base, e.g. https://api.openai.com/v1")
     parser.add_argument("--judge-model", default="gpt-4")
