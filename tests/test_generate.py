@@ -95,7 +95,8 @@ def _answer_alone(model_dir, question, capsys) -> str:
 ])
 def test_generate_mistakes_end_in_one_named_line(argv, named, tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "hi"}\n{"messages": [{"role": "assistant", "content": "x"}]}\n')
-    monkeypatch.setattr(ChatModel, "__init__", lambda self, model_dir, engine="jetmoe": None)  # the mistakes come before the model
+    # the mistakes come before the model
+    monkeypatch.setattr(ChatModel, "__init__", lambda self, model_dir, engine="jetmoe": None)
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     assert main(["generate", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()

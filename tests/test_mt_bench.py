@@ -13,7 +13,7 @@ from align.data import DataError
 from align.evaluation.answers import write_answers
 from align.evaluation.judge import JudgeClient, judge_requests, run_judging
 from align.evaluation.questions import TEMPERATURE, Question, load_judge_prompts, load_questions
-from align.evaluation.scores import score_table, write_scores
+from align.evaluation.scores import markdown, score_table, write_scores
 from align.evaluation.stub_judge import judged_answer
 from align.generate import ChatModel
 from alignment_fixtures import tiny_model, tokenizer_for
@@ -147,6 +147,21 @@ def test_judging_scores_counts_failures_and_resumes_only_what_is_missing(judge_s
     assert [path.name for path in paths] == ["scores.json", "scores.md", "scores.png"]
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[2].stat().st_size > 10_000
     assert "| **overall** | 4.333 | 6.667 | 5.500 | 6 |" in paths[1].read_text()
+
+
+@needs_files
+def test_reference_categories_judged_without_a_reference_are_counted_in_the_table(tmp_path):
+    prompts = load_judge_prompts(MT_BENCH / "judge_prompts.jsonl")
+    questions = [Question(1, "reasoning", ["q1", "q1b"]), Question(2, "math", ["q2", "q2b"], ["4", "5"]),
+                 Question(3, "writing", ["q3", "q3b"])]
+    requests = judge_requests(questions, {q.question_id: ["a", "b"] for q in questions}, prompts, references={})
+    judgments = tmp_path / "judgments.jsonl"
+    judgments.write_text("".join(json.dumps({"question_id": r.question_id, "turn": r.turn, "score": 5,
+                                             "judge": ["judge", r.prompt_name], "error": None}) + "\n"
+                                 for r in requests))
+    table = score_table(questions, judgments)
+    assert table["without_reference"] == [{"question_id": 1, "turn": 1}, {"question_id": 1, "turn": 2}]
+    assert "without a reference answer (general prompt): 2" in markdown(table, "tiny")
 
 
 @needs_files

@@ -1,7 +1,7 @@
 """MT-Bench answers: each question's two turns (the second sees the first answer), sampled as the benchmark
-prescribes per category (one batch mixes categories: each row has its own temperature), written as FastChat's answer file (one JSON line per question:
-`question_id`, `answer_id`, `model_id`, `choices[0].turns`, `tstamp`), so its judge scripts read it unchanged.
-Questions already in the file are not answered again."""
+prescribes per category (a batch mixes categories, each row at its own temperature), written as FastChat's answer
+file (one JSON line per question: `question_id`, `answer_id`, `model_id`, `choices[0].turns`, `tstamp`), so its
+judge scripts read it unchanged. Questions already in the file are not answered again."""
 
 import json
 import tempfile

@@ -1,12 +1,14 @@
 """The MT-Bench score table (per category and overall: turn 1, turn 2, their average, on the judge's 1-10 scale)
-and its chart, from the judgments file. Failed and unparseable judgments are counted and listed, not averaged."""
+and its chart, from the judgments file. Failed and unparseable judgments are counted and listed, not averaged;
+math, reasoning and coding judgments made without a reference answer (the general prompt) are counted: FastChat's
+published scores grade those with references."""
 
 import json
 from pathlib import Path
 from statistics import mean
 
 from .judge import judged
-from .questions import PUBLISHED_JETMOE_8B_CHAT, TEMPERATURE, Question
+from .questions import NEEDS_REFERENCE, PUBLISHED_JETMOE_8B_CHAT, TEMPERATURE, Question
 
 
 def _row(scores: dict[int, list[float]]) -> dict:
@@ -19,7 +21,7 @@ def score_table(questions: list[Question], judgment_file: Path) -> dict:
     rows = judged(judgment_file)
     by_category = {category: {1: [], 2: []} for category in TEMPERATURE}
     overall = {1: [], 2: []}
-    failures, missing = [], []
+    failures, missing, without_reference = [], [], []
     for question in questions:
         for turn in (1, 2):
             row = rows.get((question.question_id, turn))
@@ -28,10 +30,13 @@ def score_table(questions: list[Question], judgment_file: Path) -> dict:
             elif row["score"] is None:
                 failures.append({"question_id": question.question_id, "turn": turn, "error": row["error"]})
             else:
+                if question.category in NEEDS_REFERENCE and "math" not in row["judge"][1]:
+                    without_reference.append({"question_id": question.question_id, "turn": turn})
                 by_category[question.category][turn].append(row["score"])
                 overall[turn].append(row["score"])
     return {"categories": {category: _row(scores) for category, scores in by_category.items() if any(scores.values())},
             "overall": _row(overall), "failed": failures, "missing": missing,
+            "without_reference": without_reference,
             "judges": sorted({tuple(row["judge"]) for row in rows.values()})}
 
 
@@ -48,6 +53,9 @@ def markdown(table: dict, model_id: str, note: str = "") -> str:
     lines += ["", f"JetMoE-8B-Chat's published MT-Bench average: {PUBLISHED_JETMOE_8B_CHAT} (its overall only).",
               f"Failed or unparseable judgments: {len(table['failed'])}; not yet judged: {len(table['missing'])}."]
     lines += [f"- question {f['question_id']} turn {f['turn']}: {f['error']}" for f in table["failed"]]
+    if table["without_reference"]:
+        lines.append(f"Math, reasoning and coding judgments made without a reference answer (general prompt): "
+                     f"{len(table['without_reference'])} (pass --reference-answers to grade them as FastChat does).")
     return "\n".join(lines) + "\n"
 
 
