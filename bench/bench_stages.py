@@ -145,7 +145,40 @@ class StepRecorder(TrainerCallback):
             self.peak_gib = torch.cuda.max_memory_allocated() / 2**30
 
 
-def attach_measuring(trainer, pad_token_id: int) -> StepRecorder:
+class StepProfiler(TrainerCallback):
+    """`torch.profiler` over `steps` optimizer steps from `first`: where their host and GPU time go, as two tables
+    (ops by host time, by GPU time) and the GPU's busy share of the wall time, written to `path`."""
+
+    def __init__(self, path: str, first: int, steps: int):
+        self.path, self.first, self.steps, self.profiler, self.began = path, first, steps, None, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.first and self.profiler is None and is_main_process():
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            self.profiler = torch.profiler.profile(activities=activities)
+            self.profiler.__enter__()
+            self.began = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is None or state.global_step != self.first + self.steps:
+            return
+        synchronize()
+        wall_us = (time.perf_counter() - self.began) * 1e6
+        self.profiler.__exit__(None, None, None)
+        events = self.profiler.key_averages()
+        gpu_us = sum(event.self_device_time_total for event in events)
+        report = [f"{self.steps} steps from step {self.first}: wall {wall_us / 1e3:.0f} ms, GPU kernels "
+                  f"{gpu_us / 1e3:.0f} ms ({100 * gpu_us / wall_us:.0f}% busy)", "",
+                  events.table(sort_by="self_cpu_time_total", row_limit=40), "",
+                  events.table(sort_by="self_device_time_total", row_limit=40)]
+        Path(self.path).write_text("\n".join(report), encoding="utf-8")
+        say(report[0] + f" (tables in {self.path})")
+
+
+def attach_measuring(trainer, pad_token_id: int, profile: str | None = None, first_profiled: int = 0,
+                     profiled_steps: int = 3) -> StepRecorder:  # fmt: skip
+    if profile:
+        trainer.add_callback(StepProfiler(profile, first_profiled, profiled_steps))
     unpadding_model = getattr(trainer.accelerator.unwrap_model(trainer.model).config, "padding_free", False)
     counter = CountingCollator(trainer.data_collator, pad_token_id, unpadding_model)
     trainer.data_collator = counter
@@ -234,12 +267,12 @@ def synthetic_dataset(cli, work_dir: Path) -> tuple[Path, dict]:
 # --- our side ------------------------------------------------------------------------------------------------------
 
 
-def measuring_factory(build, measured: dict):
+def measuring_factory(build, measured: dict, cli):
     """A `run_stage` trainer factory: our trainer with the measuring callback, the final save_model skipped."""
 
     def make_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_config=None):
         trainer = build(args, model, tokenizer, train_dataset, eval_dataset, peft_config=peft_config)
-        measured["recorder"] = attach_measuring(trainer, tokenizer.pad_token_id)
+        measured["recorder"] = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, "ours"))
         trainer.save_model = lambda *args, **kwargs: None
         return trainer
 
@@ -248,7 +281,7 @@ def measuring_factory(build, measured: dict):
 
 def run_ours(cli, recipe) -> dict:
     measured = {}
-    run_stage(recipe, measuring_factory(OUR_TRAINERS[cli.stage], measured))
+    run_stage(recipe, measuring_factory(OUR_TRAINERS[cli.stage], measured, cli))
     notes = [f"recipe {Path(recipe.path).relative_to(REPO)}"] + [f"--set {pair}" for pair in cli.set]
     return side_result("ours", measured["recorder"], recipe.training, cli.warmup, notes)
 
@@ -363,9 +396,14 @@ def run_stock(cli, recipe) -> dict:
     splits, _ = load_mixture(recipe.data, tokenizer)  # the rows, in the order, that our stage trains on
     peft_config = stock_lora_config(recipe) if recipe.lora else None
     trainer = stock_trainer(cli.stage, args, model, tokenizer, splits["train"], peft_config)
-    recorder = attach_measuring(trainer, tokenizer.pad_token_id)
+    recorder = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, "stock"))
     trainer.train()
     return side_result("stock", recorder, args, cli.warmup, notes)
+
+
+def profiling(cli, side: str) -> tuple:
+    """`attach_measuring`'s profiling arguments: `--profile PREFIX` profiles 3 steps after the warm-up."""
+    return (f"{cli.profile}_{side}.txt", cli.warmup, 3) if cli.profile else (None,)
 
 
 # --- running, reporting --------------------------------------------------------------------------------------------
@@ -449,6 +487,8 @@ def parse_args(argv=None):
                         help="override of the stock TRL config (per_device_train_batch_size=8)")
     parser.add_argument("--out", default="bench_stages.json", help="the JSON result (rank 0)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, outputs)")
+    parser.add_argument("--profile", metavar="PREFIX", help="profile 3 steps after the warm-up of each side: "
+                                                            "PREFIX_ours.txt, PREFIX_stock.txt")
     return parser.parse_args(argv)
 
 
