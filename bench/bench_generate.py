@@ -4,9 +4,9 @@ transformers' `generate` on transformers' `JetMoeForCausalLM` and on ours. 80 le
 tokens, greedy, `--new_tokens` new tokens each (issue 12's measurement).
 
 `--mt-bench QUESTIONS` then times MT-Bench's whole answer generation through `align eval`'s code with our
-decoder: every question's two turns in one batch, 1024 new tokens a turn, the categories' temperatures. The
-tokenizer is the project's tiny one (JetMoE's is on the hub), so that run's model has its 1024-token vocabulary;
-its end-of-sequence token is switched off, so every answer is 1024 tokens (the slowest case).
+decoder: 1024 new tokens a turn, `--mt-bench-batch` questions a batch (default 40, as `eval mt-bench`), the
+categories' temperatures. The tokenizer is the project's tiny one (JetMoE's is on the hub), so that run's model has its 1024-token
+vocabulary; its end-of-sequence token is switched off, so every answer is 1024 tokens (the slowest case).
 
     PYTHONPATH=. python bench/bench_generate.py [--mt-bench ../shared/data/mt_bench/question.jsonl]   # GPU
     PYTHONPATH=. python bench/bench_generate.py --tiny --new_tokens 8                                 # CPU smoke
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import jetmoe_model  # noqa: F401  (first: it makes our kernels importable from a source checkout)
+from align.evaluation.settings import MTBenchSettings
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM, decoding
 
 CONFIG = "align/assets/jetmoe-8b"
@@ -68,8 +69,8 @@ def build(model_class, config, dtype, device):
         return model_class._from_config(config, dtype=dtype).eval()
 
 
-def mt_bench_answers(question_file: str, config, dtype, device) -> None:
-    """MT-Bench's 80 questions x 2 turns through `write_answers`, one batch, our decoder, timed."""
+def mt_bench_answers(question_file: str, batch_size: int, config, dtype, device) -> None:
+    """MT-Bench's 80 questions x 2 turns through `write_answers`, `batch_size` questions a batch, our decoder."""
     from transformers import AutoTokenizer
 
     from align.evaluation.answers import write_answers
@@ -86,11 +87,12 @@ def mt_bench_answers(question_file: str, config, dtype, device) -> None:
         synchronize()
         start = time.perf_counter()
         write_answers(ChatModel.of(model, tokenizer), questions, answers, "random-8b", max_new_tokens=1024,
-                      batch_size=len(questions), progress=print)
+                      batch_size=batch_size, progress=print)
         synchronize()
         seconds = time.perf_counter() - start
     new_tokens = len(questions) * 2 * 1024
-    print(f"mt-bench answers, ours: {len(questions)} questions x 2 turns x 1024 new tokens in {seconds:.1f} s "
+    print(f"mt-bench answers, ours: {len(questions)} questions x 2 turns x 1024 new tokens, {batch_size} questions a "
+          f"batch, in {seconds:.1f} s "
           f"({new_tokens / seconds:,.0f} new tokens/s, prefill included; peak "
           f"{torch.cuda.max_memory_allocated() / 2**30 if device == 'cuda' else 0:.1f} GiB)")
 
@@ -103,6 +105,8 @@ def main() -> None:
                         help="comma-separated: decoder (ours + jetmoe_model.decoding), ours-generate (ours + "
                              "transformers' generate), transformers (its JetMoeForCausalLM and generate)")
     parser.add_argument("--mt-bench", metavar="QUESTIONS", help="MT-Bench's question.jsonl: time its answers too")
+    parser.add_argument("--mt-bench-batch", type=int, default=MTBenchSettings.batch_size,
+                        help="questions a batch in the MT-Bench run (default: eval mt-bench's)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 on a GPU, else float32")
     parser.add_argument("--tiny", action="store_true", help="a tiny shape (CPU smoke run)")
     cli = parser.parse_args()
@@ -144,7 +148,7 @@ def main() -> None:
         for name in ("decoder", "ours-generate"):
             print(f"  {name}, row 0: {outputs[name][0, new][:8].tolist()}")
     if cli.mt_bench:
-        mt_bench_answers(cli.mt_bench, ours_config, dtype, device)
+        mt_bench_answers(cli.mt_bench, cli.mt_bench_batch, ours_config, dtype, device)
 
 
 if __name__ == "__main__":
