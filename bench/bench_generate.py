@@ -5,8 +5,9 @@ tokens, greedy, `--new_tokens` new tokens each (issue 12's measurement).
 
 `--mt-bench QUESTIONS` then times MT-Bench's whole answer generation through `align eval`'s code with our
 decoder: 1024 new tokens a turn, `--mt-bench-batch` questions a batch (default 40, as `eval mt-bench`), the
-categories' temperatures. The tokenizer is the project's tiny one (JetMoE's is on the hub), so that run's model has its 1024-token
-vocabulary; its end-of-sequence token is switched off, so every answer is 1024 tokens (the slowest case).
+categories' temperatures. The tokenizer is the project's tiny one (JetMoE's is on the hub), so that run's model
+has its 1024-token vocabulary; its end-of-sequence token is switched off, so every answer is 1024 tokens (the
+slowest case).
 
     PYTHONPATH=. python bench/bench_generate.py [--mt-bench ../shared/data/mt_bench/question.jsonl]   # GPU
     PYTHONPATH=. python bench/bench_generate.py --tiny --new_tokens 8                                 # CPU smoke
