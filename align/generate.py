@@ -100,6 +100,22 @@ class ChatModel:
         return self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def load_chat_model(model_dir: str, engine: str = "jetmoe") -> ChatModel:
+    """A full checkpoint as it is; a LoRA adapter dir merged into its base first (`align export`, into a
+    temporary dir removed once loaded)."""
+    import tempfile
+
+    from .lora.stage_support import is_adapter_dir
+
+    if not is_adapter_dir(model_dir):
+        return ChatModel(model_dir, engine)
+    from .export import export_merged
+
+    with tempfile.TemporaryDirectory(prefix="merged-adapter-") as merged:
+        export_merged(model_dir, merged)
+        return ChatModel(merged, engine)
+
+
 def opening(system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
@@ -164,7 +180,8 @@ def answer_file(model: ChatModel, prompts: Path, output: Path, sampling: Samplin
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", help="a saved chat model (a stage's output_dir, or an exported LoRA merge)")
+    parser.add_argument("model_dir", help="a saved chat model: a stage's output_dir (full or LoRA adapter) or an "
+                                          "exported merge")
     parser.add_argument("question", nargs="?", help="one question to answer")
     parser.add_argument("--chat", action="store_true", help=f"an interactive multi-turn chat on stdin "
                                                              f"({CHAT_COMMANDS})")
@@ -203,7 +220,7 @@ def run_generate(args: argparse.Namespace) -> None:
         from transformers import set_seed
 
         set_seed(args.seed)
-    model = ChatModel(args.model_dir, args.engine)
+    model = load_chat_model(args.model_dir, args.engine)
     if args.chat:
         chat(model, sampling, args.system)
     elif args.prompts is not None:

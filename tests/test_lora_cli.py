@@ -12,6 +12,7 @@ from trl.trainer.utils import use_adapter
 
 from align.cli import main
 from align.dpo import dpo_trainer
+from align.generate import load_chat_model
 from align.lora.arguments import LoraArguments
 from align.lora.adapters import add_lora
 from align.lora.config import jetmoe_lora_config
@@ -58,6 +59,10 @@ def test_tiny_lora_sft_then_dpo_then_export(tmp_path):
     adapted = PeftModel.from_pretrained(JetMoEForCausalLM.from_pretrained(dpo / "base"), dpo).eval()
     torch.testing.assert_close(stock(ids).logits, adapted(ids).logits, atol=1e-4, rtol=0)
     assert stock.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+    chat = load_chat_model(str(dpo))  # what generate and eval mt-bench load for an adapter dir: merged on the fly
+    torch.testing.assert_close(chat.model(ids).logits, stock(ids).logits, atol=1e-4, rtol=0)
+    assert main(["generate", str(dpo), "What is 2 plus 3?", "--max_new_tokens", "4"]) == 0
 
 
 def test_lora_dpo_reference_is_the_policy_with_adapters_disabled(tmp_path):

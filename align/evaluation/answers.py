@@ -4,26 +4,12 @@ file (one JSON line per question: `question_id`, `answer_id`, `model_id`, `choic
 judge scripts read it unchanged. Questions already in the file are not answered again."""
 
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 from ..generate import ChatModel, Sampling
 from .questions import TEMPERATURE, Question
-
-
-def load_chat_model(model_dir: str, engine: str = "jetmoe") -> ChatModel:
-    """A full checkpoint as it is; a LoRA adapter dir merged into its base first (`align export`, to a temp dir)."""
-    from ..lora.stage_support import is_adapter_dir
-
-    if not is_adapter_dir(model_dir):
-        return ChatModel(model_dir, engine)
-    from ..export import export_merged
-
-    merged = Path(tempfile.mkdtemp(prefix="mt-bench-merged-"))
-    export_merged(model_dir, merged)
-    return ChatModel(str(merged), engine)
 
 
 def answered_ids(answer_file: Path) -> set[int]:

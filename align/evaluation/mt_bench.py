@@ -8,8 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..data import DataError
-from ..generate import add_engine_argument
-from .answers import load_chat_model, write_answers
+from ..generate import add_engine_argument, load_chat_model
+from .answers import write_answers
 from .judge import JudgeClient, judge_requests, run_judging
 from .questions import first_of_each_category, load_judge_prompts, load_questions, load_reference_answers
 from .scores import score_table, write_scores
