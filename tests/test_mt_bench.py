@@ -201,14 +201,16 @@ def _pipeline_with_eval(tmp_path, evaluation: str) -> Path:
     return path
 
 
-def test_a_pipeline_eval_section_with_a_misspelt_key_stops_before_training(tmp_path):
+@pytest.mark.parametrize("section, named", [("{questionz: q.jsonl}", "eval: unknown key 'questionz'"),
+                                            ("{questions: q.jsonl, engine: vllm}", "eval: engine 'vllm'")])
+def test_a_pipeline_eval_section_with_a_mistake_stops_before_training(tmp_path, section, named):
     import subprocess
     import sys
 
-    path = _pipeline_with_eval(tmp_path, "{questionz: q.jsonl}")
+    path = _pipeline_with_eval(tmp_path, section)
     done = subprocess.run([sys.executable, "-m", "align", "pipeline", str(path)], capture_output=True, text=True,
                           timeout=300, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 2 and "eval: unknown key 'questionz'" in done.stderr, done.stderr[-1000:]
+    assert done.returncode == 2 and named in done.stderr, done.stderr[-1000:]
     assert not (tmp_path / "run" / "sft").exists()
 
 
@@ -224,3 +226,10 @@ def test_a_pipeline_with_an_eval_section_ends_with_mt_bench_answers(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     answers = (tmp_path / "run" / "dpo" / "mt_bench" / "model_answer" / "dpo.jsonl").read_text().splitlines()
     assert sorted(json.loads(row)["question_id"] for row in answers) == [81, 91, 101, 111, 121, 131, 141, 151]
+
+
+def test_an_eval_option_mistake_ends_in_one_named_line(tmp_path, capsys):
+    from align.cli import main
+
+    assert main(["eval", "mt-bench", str(tmp_path), "--questions", "q.jsonl", "--batch_size", "0"]) == 2
+    assert "eval mt-bench: batch_size and max_new_tokens must be at least 1" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..data import DataError
+from ..recipes import RecipeError
 from ..generate import add_engine_argument, load_chat_model
 from .answers import write_answers
 from .judge import JudgeClient, judge_requests, run_judging
@@ -38,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    settings = MTBenchSettings(**{field.name: getattr(args, field.name) for field in fields(MTBenchSettings)})
+    try:
+        settings = MTBenchSettings(**{field.name: getattr(args, field.name) for field in fields(MTBenchSettings)})
+    except ValueError as error:
+        raise RecipeError(f"eval mt-bench: {error}") from None
     evaluate(args.model_dir, settings, args.out, args.model_id)
 
 

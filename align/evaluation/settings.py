@@ -18,3 +18,11 @@ class MTBenchSettings:
     engine: str = "jetmoe"  # or "transformers": its JetMoeForCausalLM and generate (align.generate.ENGINES)
     per_category: int | None = None  # the first N questions of each category only
     note: str = ""  # a line for the score table
+
+    def __post_init__(self):
+        from ..generate import ENGINES  # here: generate imports the recipe reader, which imports this module
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("batch_size and max_new_tokens must be at least 1")
