@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .layers import apply_rotary
+from .layers import apply_rotary, resolve_backend
 
 SPAN = 256  # cache columns attention reads: a multiple of this, one CUDA graph for each
 CHECK_EVERY = 16  # steps between looks (a host sync) at whether every row has ended
@@ -162,7 +162,8 @@ def generate(
 ) -> torch.Tensor:
     """`[batch, prompt + new]` token ids, as `model.generate` returns them: the prompts (left-padded), then up to
     `max_new_tokens` new tokens a row. `temperature` is one for all rows or one a row (0: greedy).
-    `cuda_graphs` defaults to on for CUDA models with positions that need no host-side rescaling."""
+    `cuda_graphs` defaults to on for CUDA models on the Triton kernels (the PyTorch reference reads expert counts
+    on the host) whose positions need no host-side rescaling (RoPE types other than dynamic and longrope)."""
     batch, prompt_length = input_ids.shape
     device = input_ids.device
     if attention_mask is None:
@@ -179,7 +180,8 @@ def generate(
     pad = pad_token_id if pad_token_id is not None else int(eos[0]) if len(eos) else 0
     rope_type = model.config.rope_parameters.get("rope_type", "default")
     if cuda_graphs is None:
-        cuda_graphs = device.type == "cuda" and "dynamic" not in rope_type and rope_type != "longrope"
+        on_triton = resolve_backend(model.config.moe_backend, device) == "triton"
+        cuda_graphs = device.type == "cuda" and on_triton and "dynamic" not in rope_type and rope_type != "longrope"
 
     cache = DecodeCache(model.config, batch, prompt_length + max_new_tokens, model.dtype, device)
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as generate's

@@ -103,8 +103,11 @@ def test_on_the_triton_kernels_cuda_graph_steps_match_eager_steps_and_generate(m
         graphed = decoding.generate(model, **on_gpu, max_new_tokens=NEW_TOKENS, cuda_graphs=True)
         expected = model.generate(**on_gpu, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
                                   eos_token_id=None)
+        model.set_moe_backend("torch")  # its routing reads counts on the host: no graphs by default, still decodes
+        on_reference = decoding.generate(model, **on_gpu, max_new_tokens=NEW_TOKENS)
     finally:
         model.set_moe_backend("torch")
         model.to("cpu", torch.float32)
     assert torch.equal(graphed, eager)
     assert torch.equal(eager, expected)
+    assert on_reference.shape == expected.shape
