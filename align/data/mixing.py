@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict
 
 from .errors import DataError, RowProblem
 from .formats import FEATURES, normalise_preference, normalise_sft
 from .report import DataReport, SourceReport, SplitReport
-from .sources import read_split
+from .sources import RawRow, read_split
 from .spec import DataMixture, DataSource
 from .truncation import TrainerTruncation
 from .validation import CHECKS, Deduplicator, LengthLimit
@@ -31,8 +32,7 @@ def load_mixture(mixture: DataMixture, tokenizer=None,
                  truncation: TrainerTruncation | None = None) -> tuple[DatasetDict, DataReport]:
     """Load, normalise, check and mix every source; `tokenizer` is needed only for `mixture.max_tokens`.
     `truncation` (the trainer's cut) drops and counts the rows the trainer would drop as fully masked."""
-    limit = LengthLimit(mixture.max_chars, mixture.max_tokens, tokenizer)
-    pipeline = _RowPipeline(mixture, limit, truncation)
+    pipeline = _RowPipeline(mixture, RowChecks(mixture, tokenizer), truncation)
     report = DataReport(kind=mixture.kind, seed=mixture.seed)
     kept: dict[str, list[dict]] = {"train": [], "test": []}
     for position, source in enumerate(mixture.sources):
@@ -63,7 +63,17 @@ def carve_test(indices: list[int], size: float, rng: random.Random) -> tuple[lis
     return sorted(shuffled[count:]), sorted(shuffled[:count])
 
 
-def _load_source(source: DataSource, position: int, mixture: DataMixture, pipeline, kept) -> SourceReport:
+@dataclass
+class SourcePlan:
+    """Which rows of one source are read, per split ("train", "test"): the split, its chosen indices, the report
+    its counts go to."""
+
+    source: DataSource
+    report: SourceReport
+    parts: list[tuple[str, object, list[int], SplitReport]]
+
+
+def plan_source(source: DataSource, position: int, mixture: DataMixture) -> SourcePlan:
     rng = random.Random(f"{mixture.seed}:{position}:{source.path}:{source.config}")
     train_split = read_split(source, source.train_split)
     train_indices = list(range(len(train_split)))
@@ -77,40 +87,65 @@ def _load_source(source: DataSource, position: int, mixture: DataMixture, pipeli
     report = SourceReport(source.path, source.config, source.weight,
                           train=SplitReport(source.train_split, len(train_indices)),
                           test=SplitReport(test_name, len(test_indices)) if test_split is not None else None)
-    pipeline.run(source, train_split, take_fraction(train_indices, source.weight, rng), "train", report.train,
-                 kept["train"])
+    parts = [("train", train_split, take_fraction(train_indices, source.weight, rng), report.train)]
     if test_split is not None:
-        pipeline.run(source, test_split, test_indices, "test", report.test, kept["test"])
-    return report
+        parts.append(("test", test_split, test_indices, report.test))
+    return SourcePlan(source, report, parts)
+
+
+def _load_source(source: DataSource, position: int, mixture: DataMixture, pipeline, kept) -> SourceReport:
+    plan = plan_source(source, position, mixture)
+    for split_name, split, indices, split_report in plan.parts:
+        pipeline.run(source, split, indices, split_name, split_report, kept[split_name])
+    return plan.report
+
+
+class RowChecks:
+    """normalise -> content checks -> length limit: what every row of a mixture goes through, in whichever process
+    reads it. Raises the row's `RowProblem`."""
+
+    def __init__(self, mixture: DataMixture, tokenizer=None):
+        self.normalise, self.check = NORMALISERS[mixture.kind], CHECKS[mixture.kind]
+        self.limit = LengthLimit(mixture.max_chars, mixture.max_tokens, tokenizer)
+
+    def __call__(self, raw: RawRow, source: DataSource) -> dict:
+        if isinstance(raw.value, RowProblem):
+            raise raw.value
+        row = self.normalise(raw.value, source)
+        self.check(row)
+        self.limit.check(row)
+        return row
+
+
+def problem_location(raw: RawRow, problem: RowProblem) -> str:
+    """Where a dropped row was and why, as the data report lists it."""
+    field = f" field '{problem.field}'" if problem.field else ""
+    return f"{raw.origin} row {raw.row}{field}: {problem.detail}"
+
+
+def strict_error(raw: RawRow, problem: RowProblem) -> DataError:
+    return DataError(raw.origin, problem.detail, row=raw.row, field=problem.field, reason=problem.reason)
 
 
 class _RowPipeline:
-    """normalise -> check -> length limit -> trainer's truncation -> dedupe for each row, counting or raising
-    every problem."""
+    """`RowChecks` -> trainer's truncation -> dedupe for each row, counting or raising every problem."""
 
-    def __init__(self, mixture: DataMixture, limit: LengthLimit, truncation: TrainerTruncation | None):
-        self.strict, self.limit, self.truncation = mixture.strict, limit, truncation
-        self.normalise, self.check = NORMALISERS[mixture.kind], CHECKS[mixture.kind]
+    def __init__(self, mixture: DataMixture, checks: RowChecks, truncation: TrainerTruncation | None):
+        self.strict, self.checks, self.truncation = mixture.strict, checks, truncation
         self.dedupers = {"train": Deduplicator(), "test": Deduplicator()} if mixture.dedupe else None
 
     def run(self, source: DataSource, split, indices, split_name: str, report: SplitReport, out: list) -> None:
         for raw in split.rows(indices):
             try:
-                if isinstance(raw.value, RowProblem):
-                    raise raw.value
-                row = self.normalise(raw.value, source)
-                self.check(row)
-                self.limit.check(row)
+                row = self.checks(raw, source)
                 if self.truncation is not None:
                     self.truncation.check(row)
                 if self.dedupers is not None:
                     self.dedupers[split_name].check(row)
             except RowProblem as problem:
                 if self.strict and problem.structural:
-                    raise DataError(raw.origin, problem.detail, row=raw.row, field=problem.field,
-                                    reason=problem.reason) from None
-                field = f" field '{problem.field}'" if problem.field else ""
-                report.drop(problem.reason, f"{raw.origin} row {raw.row}{field}: {problem.detail}")
+                    raise strict_error(raw, problem) from None
+                report.drop(problem.reason, problem_location(raw, problem))
                 continue
             report.keep()
             out.append(row)

@@ -8,8 +8,9 @@ raise. A file that cannot be read at all raises `DataError` at once.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,31 @@ class RawRow:
 
 
 class LocalSplit:
-    """All rows of a split read from local files, held in memory (local files are small by nature)."""
+    """The rows of a split's local files, read on demand: a jsonl file is indexed by line offsets and a parquet
+    file memory-mapped, so memory does not grow with the file (a .json file, one document, is parsed whole)."""
 
-    def __init__(self, origin: str, rows: list[RawRow]):
-        self.origin, self._rows = origin, rows
+    def __init__(self, origin: str, files: list):
+        self.origin, self._files = origin, files
+        self._starts = [0]
+        for file in files:
+            self._starts.append(self._starts[-1] + len(file))
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._starts[-1]
 
     def rows(self, indices: Sequence[int]) -> Iterator[RawRow]:
-        return (self._rows[i] for i in indices)
+        for index in indices:
+            position = bisect.bisect_right(self._starts, index) - 1
+            yield self._files[position].row(index - self._starts[position])
+
+    def content_key(self) -> str:
+        """A digest of the files' bytes, for keying what is prepared from them."""
+        digest = hashlib.blake2b(digest_size=16)
+        for file in self._files:
+            with open(file.path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+        return digest.hexdigest()
 
 
 class HubSplit:
@@ -55,6 +71,10 @@ class HubSplit:
         indices = list(indices)
         for index, value in zip(indices, self._dataset.select(indices)):
             yield RawRow(self.origin, index + 1, value)
+
+    def content_key(self) -> str:
+        """`datasets`' own fingerprint of the loaded split: it changes with the hub revision and data files."""
+        return self._dataset._fingerprint
 
 
 def source_location(source: DataSource) -> str:
@@ -75,8 +95,7 @@ def read_split(source: DataSource, split: str):
     if source_location(source) == "hub":
         return HubSplit(f"{source.path}:{split}", _load_hub_split(source, split))
     path = Path(source.path)
-    rows = [row for file in _local_split_files(path, split, source) for row in _read_file(file)]
-    return LocalSplit(str(path), rows)
+    return LocalSplit(str(path), [_open_file(file) for file in _local_split_files(path, split, source)])
 
 
 def _load_hub_split(source: DataSource, split: str):
@@ -141,46 +160,86 @@ def _data_files(directory: Path, recursive: bool) -> list[Path]:
     return sorted(f for f in candidates if f.is_file() and f.suffix in DATA_SUFFIXES and not f.name.startswith("."))
 
 
-def _read_file(path: Path) -> list[RawRow]:
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
-    return readers[path.suffix](path)
+def _open_file(path: Path):
+    return {".jsonl": JsonlFile, ".json": JsonFile, ".parquet": ParquetFile}[path.suffix](path)
 
 
-def _read_jsonl(path: Path) -> list[RawRow]:
-    rows = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue  # blank lines are not rows
+class JsonlFile:
+    """One row a non-blank line; only the lines' byte offsets are held. A line that is not JSON becomes a row
+    carrying its `RowProblem`; a file that is not UTF-8 is refused when indexed."""
+
+    def __init__(self, path: Path):
+        self.path, self._offsets, self._numbers = path, [], []
+        try:
+            with open(path, "rb") as handle:
+                offset = 0
+                for number, line in enumerate(handle, start=1):
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        raise DataError(str(path), f"not UTF-8 text (byte {offset + error.start})") from None
+                    if line.strip():  # blank lines are not rows
+                        self._offsets.append(offset)
+                        self._numbers.append(number)
+                    offset += len(line)
+        except OSError as error:
+            raise DataError(str(path), f"cannot read: {error.strerror or error}") from None
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def row(self, index: int) -> RawRow:
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offsets[index])
+            line = handle.readline().decode("utf-8")
         try:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             value = RowProblem(INVALID_JSON, None, f"invalid JSON: {error.msg} at column {error.colno}")
-        rows.append(RawRow(str(path), number, _object_or_problem(value)))
-    return rows
+        return RawRow(str(self.path), self._numbers[index], _object_or_problem(value))
 
 
-def _read_json(path: Path) -> list[RawRow]:
-    try:
-        document = json.loads(_read_text(path))
-    except json.JSONDecodeError as error:
-        raise DataError(str(path), f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") \
-            from None
-    if isinstance(document, dict) and isinstance(document.get("data"), list):
-        document = document["data"]
-    if not isinstance(document, list):
-        raise DataError(str(path), "a .json data file must hold a list of rows or an object with a 'data' list")
-    return [RawRow(str(path), number, _object_or_problem(value)) for number, value in enumerate(document, start=1)]
+class JsonFile:
+    """A list of rows (or an object with a `data` list) in one JSON document, parsed whole."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            document = json.loads(_read_text(path))
+        except json.JSONDecodeError as error:
+            raise DataError(str(path), f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") \
+                from None
+        if isinstance(document, dict) and isinstance(document.get("data"), list):
+            document = document["data"]
+        if not isinstance(document, list):
+            raise DataError(str(path), "a .json data file must hold a list of rows or an object with a 'data' list")
+        self._values = document
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def row(self, index: int) -> RawRow:
+        return RawRow(str(self.path), index + 1, _object_or_problem(self._values[index]))
 
 
-def _read_parquet(path: Path) -> list[RawRow]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class ParquetFile:
+    """A memory-mapped parquet table; a row becomes a Python dict when asked for."""
 
-    try:
-        values = pq.read_table(path).to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        raise DataError(str(path), f"not a readable parquet file: {error}") from None
-    return [RawRow(str(path), number, value) for number, value in enumerate(values, start=1)]
+    def __init__(self, path: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = path
+        try:
+            self._table = pq.read_table(path, memory_map=True)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(str(path), f"not a readable parquet file: {error}") from None
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def row(self, index: int) -> RawRow:
+        return RawRow(str(self.path), index + 1, self._table.slice(index, 1).to_pylist()[0])
 
 
 def _read_text(path: Path) -> str:

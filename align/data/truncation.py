@@ -62,11 +62,7 @@ class TrainerTruncation:
         if self._fits(messages):
             return
         encoded = self._tokenize(messages, return_assistant_tokens_mask=True)
-        mask = encoded["assistant_masks"]
-        kept = mask[:self.max_length] if self.mode == "keep_start" else mask[-self.max_length:]
-        if not any(kept):
-            raise RowProblem(FULLY_MASKED, "messages", f"{len(mask)} tokens; truncated to max_length "
-                                                       f"{self.max_length} ({self.mode}) no assistant token is left")
+        self.check_trained_tokens(encoded["assistant_masks"])
 
     def _check_pair(self, row: dict) -> None:
         prompt = row["prompt"]
@@ -74,8 +70,17 @@ class TrainerTruncation:
             return
         prompt_ids = self._tokenize(prompt, add_generation_prompt=True)["input_ids"]
         # The trainer's prompt is where prompt and prompt + response tokens stop agreeing.
-        prompt_length = min(common_prefix_length(prompt_ids, self._tokenize(prompt + row[side])["input_ids"])
-                            for side in ("chosen", "rejected"))
+        self.check_prompt_length(min(common_prefix_length(prompt_ids, self._tokenize(prompt + row[side])["input_ids"])
+                                     for side in ("chosen", "rejected")))
+
+    def check_trained_tokens(self, trained: list) -> None:
+        """`trained`: per token, whether it is trained on (an assistant mask, or labels != -100)."""
+        kept = trained[:self.max_length] if self.mode == "keep_start" else trained[-self.max_length:]
+        if not any(kept):
+            raise RowProblem(FULLY_MASKED, "messages", f"{len(trained)} tokens; truncated to max_length "
+                                                       f"{self.max_length} ({self.mode}) no assistant token is left")
+
+    def check_prompt_length(self, prompt_length: int) -> None:
         if prompt_length >= self.max_length:
             raise RowProblem(FULLY_MASKED, "prompt", f"the prompt alone is {prompt_length} tokens, not below "
                                                      f"max_length {self.max_length}: no response token is left")

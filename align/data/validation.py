@@ -104,6 +104,10 @@ def _full_conversations(row: dict):
     return [(field, row["prompt"] + row[field]) for field in ("chosen", "rejected")]
 
 
+def row_digest(row: dict) -> bytes:
+    return hashlib.blake2b(json.dumps(row, sort_keys=True, ensure_ascii=False).encode(), digest_size=16).digest()
+
+
 class Deduplicator:
     """Remembers a digest of every row kept so far in one split and flags exact repeats."""
 
@@ -111,7 +115,9 @@ class Deduplicator:
         self._seen: set[bytes] = set()
 
     def check(self, row: dict) -> None:
-        digest = hashlib.blake2b(json.dumps(row, sort_keys=True, ensure_ascii=False).encode(), digest_size=16).digest()
+        self.check_digest(row_digest(row))
+
+    def check_digest(self, digest: bytes) -> None:
         if digest in self._seen:
             raise RowProblem(DUPLICATE, None, "an identical row was already kept in this split")
         self._seen.add(digest)
