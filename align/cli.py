@@ -5,6 +5,8 @@
                                                           lists them all)
     pipeline PIPELINE.yaml [--key value ...] [--resume] SFT, then DPO from the SFT output
     check RECIPE.yaml [--key value ...] [--resume]      the pre-flight check alone (stage or pipeline recipe)
+    prepare RECIPE.yaml [--key value ...]               prepare a recipe's data ahead of training (read, check,
+                                                          tokenise, pack: kept on disk, reused by the stages)
     init-tiny OUT_DIR [--recipe R]                      save a recipe's random-init model + tokenizer as a base
     build-tokenizer OUT_DIR [--samples DIR]             train the tiny recipes' BPE tokenizer on sample data
     generate MODEL_DIR QUESTION | --chat | --prompts IN.jsonl --output OUT.jsonl
@@ -53,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("recipe")
     check.add_argument("--resume", action="store_true", help="check it for a resumed run")
     check.add_argument("--overwrite_output_dir", action="store_true", help="check it for a run that replaces one")
+    prepare = commands.add_parser("prepare", help="prepare a stage or pipeline recipe's data ahead of training")
+    prepare.add_argument("recipe")
     init = commands.add_parser("init-tiny", help="save the random-init base model and tokenizer of a recipe")
     init.add_argument("out_dir")
     init.add_argument("--recipe", default="recipes/tiny/sft.yaml")
@@ -101,6 +105,17 @@ def _run(args, overrides: dict) -> None:
         recipes = _load_any(args.recipe, overrides)
         preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)
         _say(f"{args.recipe}: ok (" + ", ".join(f"{r.stage} -> {r.training.output_dir}" for r in recipes) + ")")
+    elif args.command == "prepare":
+        from .stage import prepare_stage_data
+        from .tokenizer import load_tokenizer
+
+        recipes = _load_any(args.recipe, overrides)
+        for recipe in recipes:
+            tokenizer = load_tokenizer(_tokenizer_before_training(recipe, recipes), recipe.tokenizer.chat_template)
+            data = prepare_stage_data(recipe, tokenizer)
+            _say(f"{recipe.stage}: {data.path} ({'already prepared' if data.reused else 'prepared'}: "
+                 f"{len(data.train)} train / {len(data.test)} test rows as the trainer takes them; "
+                 f"{data.report.train_rows} / {data.report.test_rows} examples)")
     elif args.command == "init-tiny":
         from .model_loading import build_model
         from .tokenizer import load_tokenizer
@@ -138,6 +153,16 @@ def _load_any(path: str, overrides: dict) -> list:
     return [load_recipe(path, stage, overrides)]
 
 
+def _tokenizer_before_training(recipe, recipes: list) -> str:
+    """A pipeline's DPO stage takes its tokenizer from the SFT output, which the SFT stage saves as it loaded it:
+    before SFT has run, that tokenizer is the SFT recipe's."""
+    path = recipe.tokenizer_name_or_path
+    for earlier in recipes:
+        if earlier is not recipe and path == earlier.training.output_dir and not Path(path).exists():
+            return earlier.tokenizer_name_or_path
+    return path
+
+
 def _prepare_output_dirs(recipes: list, args) -> None:
     """The pre-flight check of every stage before any loading; then `--overwrite_output_dir` clears earlier runs."""
     preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir, check_lock=_is_main_process())
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if extra and args.command not in ("sft", "dpo", "pipeline", "init-tiny", "check"):
+        if extra and args.command not in ("sft", "dpo", "pipeline", "init-tiny", "check", "prepare"):
             raise RecipeError(f"command line: unexpected arguments {' '.join(extra)}")
         _run(args, parse_overrides(extra))
     except USER_ERRORS as error:

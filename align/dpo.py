@@ -9,6 +9,7 @@ reference log-probs are computed once, by the starting model before training, an
 from datasets import Dataset
 from trl import DPOTrainer
 
+from .data.encoding import pair_length
 from .distributed import copy_model
 from .recipes import Recipe
 from .stage import run_stage
@@ -21,6 +22,8 @@ class PairLengthsMixin:
     reads a `length` column, which DPO's tokenised data lacks: a pair's chosen plus rejected tokens."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if isinstance(dataset, Dataset) and {"prompt_ids", "length"} <= set(dataset.column_names):
+            return dataset  # prepared by `align.data.prepare`: tokenised, cut and measured
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         if args.train_sampling_strategy != "batch_rebalance" or not isinstance(dataset, Dataset):
             return dataset
@@ -30,14 +33,6 @@ class PairLengthsMixin:
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         self._signature_columns = [*self._signature_columns, "length"]
-
-
-def pair_length(example: dict, max_length: int | None) -> dict:
-    prompt = len(example["prompt_ids"])
-    chosen, rejected = prompt + len(example["chosen_ids"]), prompt + len(example["rejected_ids"])
-    if max_length is not None:
-        chosen, rejected = min(chosen, max_length), min(rejected, max_length)
-    return {"length": chosen + rejected}
 
 
 class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, DPOTrainer):

@@ -43,7 +43,8 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
 
 
-def run_record(recipe, data_report, resumed_from: str | None, started: float) -> dict:
+def run_record(recipe, data, resumed_from: str | None, started: float) -> dict:
+    """`data`: the stage's `PreparedData` (its counts, and where it was prepared)."""
     return {
         "stage": recipe.stage,
         "command": sys.argv,
@@ -51,7 +52,8 @@ def run_record(recipe, data_report, resumed_from: str | None, started: float) ->
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "resumed_from": resumed_from,
         "recipe": recipe.as_dict(),
-        "data": data_report.as_dict(),
+        "data": data.report.as_dict(),
+        "prepared_data": data.record(),
         "versions": package_versions(),
         "git": git_state(),
     }

@@ -1,6 +1,8 @@
 """The dSFT stage: TRL's `SFTTrainer` on conversational data, with JetMoE's router losses added. Our recipes set
 `assistant_only_loss: true`, so only the assistant's answers (marked by the chat template) are trained on."""
 
+import copy
+
 from trl import SFTTrainer
 
 from .recipes import Recipe
@@ -13,6 +15,13 @@ class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer):
 
 
 def sft_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_config=None) -> JetMoESFTTrainer:
+    """Conversations are tokenised (and packed) by TRL; data prepared by `align.data.prepare` (tokenised, with
+    `labels`) is taken as it is."""
+    if "labels" in train_dataset.column_names:
+        args = copy.copy(args)
+        # The labels already leave out what assistant_only_loss leaves out; TRL would insist on conversations.
+        args.assistant_only_loss = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     return JetMoESFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                             processing_class=tokenizer, peft_config=peft_config)
 

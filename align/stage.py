@@ -11,8 +11,7 @@ from transformers import set_seed
 from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import checkpoint_step, checkpoint_to_resume
-from .data import load_mixture
-from .data.truncation import TrainerTruncation
+from .data.prepare import PreparedData, TrainerShape, prepare_data
 from .distributed import prepare_for_sharding
 from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
@@ -61,26 +60,22 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     set_seed(args.seed)
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
+    data = prepare_stage_data(recipe, tokenizer)
+    eval_dataset = data.test if len(data.test) else None
     if recipe.lora:  # adapters go on a checkpoint they can name (saved to {output_dir}/base when in memory only)
         model = lora_base_model(recipe.model, tokenizer, args.output_dir, args.seed, device=args.device)
     else:
         model = build_model(recipe.model, tokenizer, seed=args.seed, device=args.device)
     logger.info("%s: model %s (%s, %.1fM parameters)", recipe.stage, recipe.model.name_or_path or "random init",
                 recipe.model.init, model.num_parameters() / 1e6)
-    truncation = TrainerTruncation.for_training(args, tokenizer, recipe.data.kind)
-    splits, data_report = load_mixture(recipe.data, tokenizer, truncation)
-    eval_dataset = splits["test"] if len(splits["test"]) else None
 
     peft_config = jetmoe_lora_config(recipe.lora) if recipe.lora else None
     prepare_for_sharding(model)  # before the trainer: DPO's reference copy is wrapped in its constructor
     silence_known_floods(args)
-    trainer = make_trainer(args, model, tokenizer, splits["train"], eval_dataset, peft_config=peft_config)
+    trainer = make_trainer(args, model, tokenizer, data.train, eval_dataset, peft_config=peft_config)
     trainer.add_callback(MetricsToTrainLog())
     if peft_config:
         stock_loadable(trainer.model)
-    if not getattr(args, "packing", False) and len(trainer.train_dataset) != data_report.train_rows:
-        logger.warning("%s: the trainer kept %d of the %d training rows the data report counts", recipe.stage,
-                       len(trainer.train_dataset), data_report.train_rows)
     if resume_from:
         logger.info("%s: resuming from %s", recipe.stage, resume_from)
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -91,13 +86,18 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
         if eval_metrics is not None:
             metrics["eval"] = eval_metrics
         write_json(output_dir / "metrics.json", metrics)
-        write_json(output_dir / "run.json", run_record(recipe, data_report, resume_from, started))
+        write_json(output_dir / "run.json", run_record(recipe, data, resume_from, started))
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the whole log history
         plots = plot_log_history(trainer.state.log_history, output_dir, recipe.stage)
         logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json, trainer_state.json, train.log, %s)",
                     recipe.stage, output_dir, ", ".join(path.name for path in plots))
     trainer.accelerator.wait_for_everyone()  # other ranks read these files next (DPO's start, the summary)
     return output_dir
+
+
+def prepare_stage_data(recipe: Recipe, tokenizer) -> PreparedData:
+    """The stage's data as its trainer takes it, prepared once and shared (`align.data.prepare`)."""
+    return prepare_data(recipe.data, tokenizer, TrainerShape.from_args(recipe.training, recipe.data.kind))
 
 
 def train_metrics(result: TrainOutput, resumed_step: int | None, output_dir: Path) -> dict:

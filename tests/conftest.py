@@ -1,6 +1,7 @@
 """Shared fixtures: tiny JetMoE configs that keep every model test fast on two CPU cores."""
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ import jetmoe_model  # noqa: F401  first: in an uninstalled source checkout it m
 
 # Keep CPU runs predictable and quiet.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Prepared data of the stages run by tests (and the processes they start) stays out of the user's cache.
+os.environ.setdefault("JETMOE_ALIGN_PREPARED_DIR", tempfile.mkdtemp(prefix="jetmoe-align-prepared-"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY_SHAPES = {

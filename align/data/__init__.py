@@ -14,8 +14,13 @@ Every row read is either kept or dropped under one of `DROP_REASONS`; with `stri
 (`STRUCTURAL_REASONS`: invalid_json, missing_field, wrong_type, unknown_role, wrong_role_order, prompt_mismatch)
 raise `DataError` naming the file, row and field instead. Given the trainer's cut (`truncation.TrainerTruncation`),
 rows it would drop as fully masked after truncation are dropped and counted here, so the counts are what trains.
+The stages train on *prepared* data (`prepare.prepare_data`): the same rows and counts, tokenised, cut and packed
+as TRL's trainers take them, by worker processes over the node's cores, kept on disk under a key of everything
+that shapes them (`fingerprint`) and shared by ranks and relaunches.
+
 Modules: `spec` (the dataclasses), `sources` (readers), `formats` (normalisers), `validation` (checks),
-`truncation` (the trainer's max_length), `report` (counts), `mixing` (`load_mixture`).
+`truncation` (the trainer's max_length), `report` (counts), `mixing` (`load_mixture`), `encoding` (rows to token
+ids as TRL makes them), `fingerprint` (the key of prepared data), `prepare` (`prepare_data`).
 """
 
 from .errors import DROP_REASONS, STRUCTURAL_REASONS, DataError

@@ -66,6 +66,20 @@ class DataReport:
         return {"kind": self.kind, "seed": self.seed, "train_rows": self.train_rows, "test_rows": self.test_rows,
                 "totals": _totals(all_splits), "sources": [source.as_dict() for source in self.sources]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DataReport:
+        """The report `as_dict` wrote (prepared data keeps it beside the datasets)."""
+
+        def split(entry: dict | None) -> SplitReport | None:
+            if entry is None:
+                return None
+            return SplitReport(entry["split"], entry["available"], entry["read"], entry["kept"],
+                               Counter(entry["dropped"]), entry["drop_examples"])
+
+        sources = [SourceReport(source["path"], source["config"], source["weight"], split(source["splits"]["train"]),
+                                split(source["splits"].get("test"))) for source in data["sources"]]
+        return cls(data["kind"], data["seed"], sources, data["train_rows"], data["test_rows"])
+
     def summary(self) -> str:
         data = self.as_dict()
         lines = [f"{self.kind} data: {self.train_rows} train / {self.test_rows} test rows "

@@ -51,6 +51,9 @@ class DataMixture:
     is null. `strict` turns structural row errors into `DataError` instead of counted drops. `max_chars` drops rows
     whose text is longer (a tokenizer-free proxy); `max_tokens` does the same in tokens and needs the tokenizer
     passed to `load_mixture`. `dedupe` drops rows repeated within a split of the mixture.
+    `prepared_dir` is where the stages keep the prepared (tokenised, packed) data, shared by runs and ranks
+    (default `$JETMOE_ALIGN_PREPARED_DIR`, else ~/.cache/jetmoe-align/prepared; `align.data.prepare`), and
+    `num_proc` how many processes prepare it (default: every core this process may use). Neither changes the data.
     """
 
     sources: list[DataSource]
@@ -61,6 +64,8 @@ class DataMixture:
     max_chars: int | None = None
     max_tokens: int | None = None
     dedupe: bool = False
+    prepared_dir: str | None = None
+    num_proc: int | None = None
 
     def __post_init__(self):
         self.sources = [s if isinstance(s, DataSource) else DataSource(**s) for s in self.sources]
@@ -70,7 +75,7 @@ class DataMixture:
             raise ValueError(f"DataMixture.kind must be one of {KINDS}, got {self.kind!r}")
         if self.test_split_size is not None and not 0 < self.test_split_size < 1:
             raise ValueError(f"DataMixture.test_split_size must be in (0, 1), got {self.test_split_size!r}")
-        for name in ("max_chars", "max_tokens"):
+        for name in ("max_chars", "max_tokens", "num_proc"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"DataMixture.{name} must be a positive integer, got {value!r}")
