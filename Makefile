@@ -2,20 +2,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# `make test-oldest`: the suite on the lowest versions the pins allow (.ci/oldest.txt), in a venv of its own; all
+# but the tests of our Triton kernels, which depend only on torch and Triton (the same versions in both venvs).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_TESTS ?= tests '--ignore-glob=tests/test_kernels_*' --ignore=tests/test_lora_kernels.py \
+	--ignore=tests/test_model_triton.py
 # CPU machines get the CPU wheel of torch; machines with an NVIDIA driver get the normal CUDA wheel.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.11,<2.15" || echo "torch==2.13.0")
 RECIPE ?= recipes/tiny/pipeline.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install deepspeed test demo sft dpo pipeline export eval bench clean
+.PHONY: install deepspeed test test-oldest demo sft dpo pipeline export eval bench clean
+
+# $(call venv,DIR,PIP_ARGS): DIR gets a venv with torch, then the project (its dev extra) installed with PIP_ARGS.
+define venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
+	touch $(1)/.installed
+endef
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	$(call venv,$(VENV),)
+
+$(OLDEST_VENV)/.installed: pyproject.toml .ci/oldest.txt
+	$(call venv,$(OLDEST_VENV),-c .ci/oldest.txt)
 
 install: $(VENV)/.installed
 
@@ -24,6 +37,11 @@ deepspeed: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -c "import transformers, trl, peft, datasets, accelerate; \
+		print('oldest:', *(f'{m.__name__} {m.__version__}' for m in (transformers, trl, peft, datasets, accelerate)))"
+	$(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 # The demo starts afresh each time: it replaces an earlier demo run in runs/demo (the stages refuse that otherwise).
 demo: install
