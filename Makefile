@@ -63,20 +63,23 @@ export: install
 # make eval: MT-Bench on a saved chat model (MODEL, default the demo's). Without JUDGE_URL a local stub judge rates
 # the answers by length: it shows the pipeline, it is not an evaluation. A real judge:
 #   make eval MODEL=runs/jetmoe-8b-chat/dpo JUDGE_URL=https://api.openai.com/v1 JUDGE_MODEL=gpt-4 EVAL_ARGS=
+# Questions and judge prompts come from where they are published (the hub, FastChat's repository); MT_BENCH=DIR
+# reads local copies instead: DIR/question.jsonl and DIR/judge_prompts.jsonl (FastChat's llm_judge/data/mt_bench).
 MODEL ?= runs/demo/dpo
-MT_BENCH ?= ../shared/data/mt_bench
+MT_BENCH ?=
+QUESTIONS := $(if $(MT_BENCH),--questions $(MT_BENCH)/question.jsonl)
 JUDGE_URL ?=
 JUDGE_MODEL ?= gpt-4
 EVAL_ARGS ?= --per_category 2 --max_new_tokens 32
 STUB_PORT ?= 8765
 eval: install
 	@if [ -n "$(JUDGE_URL)" ]; then \
-		$(PY) -m align eval mt-bench $(MODEL) --questions $(MT_BENCH)/question.jsonl --judge-url $(JUDGE_URL) \
+		$(PY) -m align eval mt-bench $(MODEL) $(QUESTIONS) --judge-url $(JUDGE_URL) \
 			--judge-model $(JUDGE_MODEL) $(EVAL_ARGS); \
 	else \
 		echo "stub judge on 127.0.0.1:$(STUB_PORT): not a real evaluation"; \
 		$(PY) -m align.evaluation.stub_judge --port $(STUB_PORT) --seconds 900 & stub=$$!; sleep 1; \
-		$(PY) -m align eval mt-bench $(MODEL) --questions $(MT_BENCH)/question.jsonl \
+		$(PY) -m align eval mt-bench $(MODEL) $(QUESTIONS) \
 			--judge-url http://127.0.0.1:$(STUB_PORT)/v1 --judge-model stub \
 			--note "Judge: the stub (align.evaluation.stub_judge, rates by length). Not a real evaluation." \
 			$(EVAL_ARGS); status=$$?; kill $$stub; exit $$status; \
