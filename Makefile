@@ -2,20 +2,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# `make test-oldest`: the suite on the lowest versions the pins allow (.ci/oldest.txt), in a venv of its own; all
+# but the tests of our Triton kernels, which depend only on torch and Triton (the same versions in both venvs).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_TESTS ?= tests '--ignore-glob=tests/test_kernels_*' --ignore=tests/test_lora_kernels.py \
+	--ignore=tests/test_model_triton.py
 # CPU machines get the CPU wheel of torch; machines with an NVIDIA driver get the normal CUDA wheel.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.11,<2.15" || echo "torch==2.13.0")
 RECIPE ?= recipes/tiny/pipeline.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install deepspeed test demo sft dpo pipeline export eval bench clean
+.PHONY: install deepspeed test test-oldest demo sft dpo pipeline export eval bench clean
+
+# $(call venv,DIR,PIP_ARGS): DIR gets a venv with torch, then the project (its dev extra) installed with PIP_ARGS.
+define venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(1)/bin/python -m pip install -q $(2) -e ".[dev]"
+	touch $(1)/.installed
+endef
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	$(call venv,$(VENV),)
+
+$(OLDEST_VENV)/.installed: pyproject.toml .ci/oldest.txt
+	$(call venv,$(OLDEST_VENV),-c .ci/oldest.txt)
 
 install: $(VENV)/.installed
 
@@ -24,6 +37,11 @@ deepspeed: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -c "import transformers, trl, peft, datasets, accelerate; \
+		print('oldest:', *(f'{m.__name__} {m.__version__}' for m in (transformers, trl, peft, datasets, accelerate)))"
+	$(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 # The demo starts afresh each time: it replaces an earlier demo run in runs/demo (the stages refuse that otherwise).
 demo: install
@@ -45,20 +63,23 @@ export: install
 # make eval: MT-Bench on a saved chat model (MODEL, default the demo's). Without JUDGE_URL a local stub judge rates
 # the answers by length: it shows the pipeline, it is not an evaluation. A real judge:
 #   make eval MODEL=runs/jetmoe-8b-chat/dpo JUDGE_URL=https://api.openai.com/v1 JUDGE_MODEL=gpt-4 EVAL_ARGS=
+# Questions and judge prompts come from where they are published (the hub, FastChat's repository); MT_BENCH=DIR
+# reads local copies instead: DIR/question.jsonl and DIR/judge_prompts.jsonl (FastChat's llm_judge/data/mt_bench).
 MODEL ?= runs/demo/dpo
-MT_BENCH ?= ../shared/data/mt_bench
+MT_BENCH ?=
+QUESTIONS := $(if $(MT_BENCH),--questions $(MT_BENCH)/question.jsonl)
 JUDGE_URL ?=
 JUDGE_MODEL ?= gpt-4
 EVAL_ARGS ?= --per_category 2 --max_new_tokens 32
 STUB_PORT ?= 8765
 eval: install
 	@if [ -n "$(JUDGE_URL)" ]; then \
-		$(PY) -m align eval mt-bench $(MODEL) --questions $(MT_BENCH)/question.jsonl --judge-url $(JUDGE_URL) \
+		$(PY) -m align eval mt-bench $(MODEL) $(QUESTIONS) --judge-url $(JUDGE_URL) \
 			--judge-model $(JUDGE_MODEL) $(EVAL_ARGS); \
 	else \
 		echo "stub judge on 127.0.0.1:$(STUB_PORT): not a real evaluation"; \
 		$(PY) -m align.evaluation.stub_judge --port $(STUB_PORT) --seconds 900 & stub=$$!; sleep 1; \
-		$(PY) -m align eval mt-bench $(MODEL) --questions $(MT_BENCH)/question.jsonl \
+		$(PY) -m align eval mt-bench $(MODEL) $(QUESTIONS) \
 			--judge-url http://127.0.0.1:$(STUB_PORT)/v1 --judge-model stub \
 			--note "Judge: the stub (align.evaluation.stub_judge, rates by length). Not a real evaluation." \
 			$(EVAL_ARGS); status=$$?; kill $$stub; exit $$status; \

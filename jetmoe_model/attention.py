@@ -34,7 +34,7 @@ class MoAAttention(nn.Module):
         self.kv_proj = nn.Linear(config.hidden_size, 2 * config.kv_channels * config.num_key_value_heads, bias=False)
 
     def forward(
-        self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, output_attentions=False,
+        self, hidden_states, position_embeddings, attention_mask=None, cache=None, output_attentions=False,
         packed=None, **kwargs,
     ):
         """Returns the attention output `[B, L, hidden]`, the attention weights `[B, heads*k, L, S]` in transformers'
@@ -61,8 +61,8 @@ class MoAAttention(nn.Module):
             attn = attn.view(1, length, heads, k, dim).transpose(2, 3)
             return self.experts.reduce(attn.reshape(1, length, k, heads * dim), routing), None, router_logits
         only_this_chunk = True  # keys and values are this call's own: no earlier positions cached
-        if past_key_values is not None:
-            cached_key, cached_value = update_cache(past_key_values, self.layer_idx, key, value)
+        if cache is not None:
+            cached_key, cached_value = update_cache(cache, self.layer_idx, key, value)
             only_this_chunk = cached_key.shape[-2] == length
             if not only_this_chunk:
                 key, value = cached_key, cached_value

@@ -186,7 +186,7 @@ def generate(
     cache = DecodeCache(model.config, batch, prompt_length + max_new_tokens, model.dtype, device)
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # as generate's
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
+                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
     steps = DecodeSteps(model, cache, starts, cuda_graphs)
     new = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)

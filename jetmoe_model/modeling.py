@@ -15,6 +15,7 @@ from transformers.utils import can_return_tuple
 
 from .attention import MoAAttention
 from .attention_weights import mask_config
+from .cache_name import CACHE_KEYWORDS, CACHE_NAME, given_cache
 from .checkpoint_checks import JetMoECheckpointError, shape_mismatches
 from .configuration import MOE_BACKENDS, JetMoEConfig
 from .experts import MoAExperts, MoEMLP, ParallelExperts
@@ -47,15 +48,11 @@ class JetMoEDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, backend=config.moe_backend)
         self.mlp = MoEMLP(config)
 
-    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
         """Returns the new hidden states, the attention weights (None unless `output_attentions`) and the logits of
         this layer's two routers (MoA, MoE)."""
         attn_out, attn_weights, attn_router_logits = self.self_attention(
-            self.input_layernorm(hidden_states),
-            position_embeddings,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            **kwargs,
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask=attention_mask, cache=cache, **kwargs
         )
         hidden_states = hidden_states + attn_out
         mlp_out, mlp_router_logits = self.mlp(self.post_attention_layernorm(hidden_states))
@@ -68,7 +65,7 @@ class JetMoEPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["JetMoEDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_KEYWORDS)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -130,14 +127,18 @@ class JetMoEModel(JetMoEPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
         output_router_logits=None,
+        past_key_values=None,
         **kwargs,
     ) -> JetMoEModelOutput:
+        """The cache comes as `cache` (transformers >= 5.24) or `past_key_values` (<= 5.23, and older callers) and
+        is returned in the output field the installed transformers reads (`cache_name.CACHE_NAME`)."""
+        cache = given_cache(cache, past_key_values)
         output_attentions, output_hidden_states, output_router_logits = requested_outputs(
             self.config,
             output_attentions=output_attentions,
@@ -150,14 +151,16 @@ class JetMoEModel(JetMoEPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            if torch.is_grad_enabled():  # the backward's recompute would append to a given cache a second time
+                cache = None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
         check_inputs(self.config, input_ids, inputs_embeds, position_ids, attention_mask, past_length)
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        packed = self._packed_batch(attention_mask, position_ids, past_key_values, output_attentions, kwargs)
+        packed = self._packed_batch(attention_mask, position_ids, cache, output_attentions, kwargs)
         if packed is not None:  # one row of real tokens: no mask, attention kept apart by the boundaries
             position_ids = packed_positions(packed, position_ids, inputs_embeds.device)
             inputs_embeds = packed.pack(inputs_embeds)
@@ -169,12 +172,13 @@ class JetMoEModel(JetMoEPreTrainedModel):
                 position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
             # With padding_free off and no attention mask, positions restarting at 0 still start a new sequence:
             # create_causal_mask keeps packed sequences apart (as a mask, slowly). It only looks for packed rows when
-            # there is no cache, and an empty cache changes nothing else in the mask.
+            # there is no cache, and an empty cache changes nothing else in the mask. The cache goes in by position:
+            # the parameter is `past_key_values` up to transformers 5.23, `cache` from 5.24.
             mask = create_causal_mask(
-                config=mask_config(self.config, output_attentions),
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                past_key_values=past_key_values if past_length else None,
+                mask_config(self.config, output_attentions),
+                inputs_embeds,
+                attention_mask,
+                cache if past_length else None,
                 position_ids=position_ids,
             )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
@@ -190,7 +194,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 position_ids=position_ids,
                 output_attentions=output_attentions,
                 packed=packed,
@@ -211,20 +215,19 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
         return JetMoEModelOutput(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_NAME: cache if use_cache else None},
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
             attentions=tuple(all_attentions) if all_attentions is not None else None,
             router_logits=tuple(router_logits) if output_router_logits else None,
         )
 
 
-    def _packed_batch(self, attention_mask, position_ids, past_key_values, output_attentions,
-                      kwargs) -> PackedBatch | None:  # fmt: skip
+    def _packed_batch(self, attention_mask, position_ids, cache, output_attentions, kwargs) -> PackedBatch | None:
         """How this forward runs padding-free, or None. Only without a cache (training, scoring), with
         `config.padding_free` and SDPA or flash attention, and no attention weights asked for (those come from eager
         attention in the padded layout): a padded batch is unpadded; one row of sequences packed end to end (TRL's
         padding-free collator) is taken as it comes."""
-        if not self.config.padding_free or past_key_values is not None or output_attentions:
+        if not self.config.padding_free or cache is not None or output_attentions:
             return None
         if torch.compiler.is_compiling():  # its sizes depend on the data: exported and compiled graphs stay padded
             return None
@@ -255,7 +258,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
@@ -263,14 +266,16 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         output_router_logits: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        past_key_values=None,
         **kwargs,
     ) -> JetMoECausalLMOutput:
+        """The cache comes as `cache` or `past_key_values`, as `JetMoEModel.forward` takes it."""
         (output_router_logits,) = requested_outputs(self.config, output_router_logits=output_router_logits)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=given_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -301,7 +306,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             router_z_loss=z_loss,
             router_loss=router_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits if output_router_logits else None,

@@ -8,6 +8,7 @@ import torch
 from model_pairs import randomize, stock_and_ours
 
 from jetmoe_model import JetMoEForCausalLM
+from jetmoe_model.cache_name import CACHE_NAME
 
 NEW_TOKENS = 5
 ATOL = 2e-4
@@ -93,7 +94,7 @@ def test_generation_continues_from_a_returned_cache(models, prompt):
     first = generate(ours, prompt, do_sample=False, return_dict_in_generate=True)
     mask = torch.cat([prompt["attention_mask"], torch.ones(2, NEW_TOKENS, dtype=torch.long)], dim=1)
     continued = generate(ours, dict(input_ids=first.sequences, attention_mask=mask), do_sample=False,
-                         past_key_values=first.past_key_values)  # fmt: skip
+                         **{CACHE_NAME: first[CACHE_NAME]})  # fmt: skip
     at_once = ours.generate(**prompt, max_new_tokens=2 * NEW_TOKENS, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert torch.equal(continued, at_once)
 

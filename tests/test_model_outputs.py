@@ -6,6 +6,7 @@ import torch
 from model_pairs import stock_and_ours
 
 from jetmoe_model import JetMoEModel
+from jetmoe_model.cache_name import CACHE_NAME
 
 ATOL = 2e-4
 
@@ -43,11 +44,11 @@ def test_attention_weights_of_a_cached_step_cover_the_past(tmp_path):
     ids, mask = left_padded_batch()
     step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
     with torch.no_grad():
-        past_stock = stock(ids, attention_mask=mask).past_key_values
-        past_ours = ours(ids, attention_mask=mask).past_key_values
+        past_stock = stock(ids, attention_mask=mask)[CACHE_NAME]
+        past_ours = ours(ids, attention_mask=mask)[CACHE_NAME]
         step = torch.tensor([[5], [9]])
-        out_stock = stock(step, attention_mask=step_mask, past_key_values=past_stock, output_attentions=True)
-        out_ours = ours(step, attention_mask=step_mask, past_key_values=past_ours, output_attentions=True)
+        out_stock = stock(step, attention_mask=step_mask, output_attentions=True, **{CACHE_NAME: past_stock})
+        out_ours = ours(step, attention_mask=step_mask, output_attentions=True, **{CACHE_NAME: past_ours})
     assert out_ours.attentions[0].shape[-2:] == (1, 8)
     assert_all_close(out_ours.attentions, out_stock.attentions, "attentions")
 

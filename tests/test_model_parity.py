@@ -7,6 +7,7 @@ from model_pairs import randomize, stock_and_ours
 from transformers import JetMoeForCausalLM
 
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
+from jetmoe_model.cache_name import CACHE_NAME
 
 
 @pytest.mark.parametrize("shape", sorted(TINY_SHAPES))
@@ -59,14 +60,15 @@ def test_prompt_cached_without_copy_matches_stock_cache(tmp_path):
     ids = torch.randint(0, stock.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         out_stock, out_ours = stock(ids, use_cache=True), ours(ids, use_cache=True)
-        for layer_stock, layer_ours in zip(out_stock.past_key_values.layers, out_ours.past_key_values.layers):
+        cache_stock, cache_ours = out_stock[CACHE_NAME], out_ours[CACHE_NAME]
+        for layer_stock, layer_ours in zip(cache_stock.layers, cache_ours.layers):
             torch.testing.assert_close(layer_ours.keys, layer_stock.keys, atol=2e-4, rtol=0)
             torch.testing.assert_close(layer_ours.values, layer_stock.values, atol=2e-4, rtol=0)
         step = ids[:, -1:]
-        next_stock = stock(step, past_key_values=out_stock.past_key_values).logits
-        next_ours = ours(step, past_key_values=out_ours.past_key_values).logits
+        next_stock = stock(step, **{CACHE_NAME: cache_stock}).logits
+        next_ours = ours(step, **{CACHE_NAME: cache_ours}).logits
     torch.testing.assert_close(next_ours, next_stock, atol=2e-4, rtol=0)
-    assert out_ours.past_key_values.get_seq_length() == ids.shape[1] + 1
+    assert cache_ours.get_seq_length() == ids.shape[1] + 1
 
 
 def test_left_padded_batch_matches_unpadded_runs(tmp_path):

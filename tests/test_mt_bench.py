@@ -1,6 +1,7 @@
-"""MT-Bench: the real question and judge-prompt files parse; answers come out in FastChat's format, both turns,
-sampled per category; a judge behind a real HTTP server on 127.0.0.1 is scored right, its failures counted and
-listed, and a resumed judging asks only for what is missing."""
+"""MT-Bench: the real question and judge-prompt files parse, as do the hub's questions, and without the network
+the run ends in one line naming local files; answers come out in FastChat's format, both turns, sampled per
+category; a judge behind a real HTTP server on 127.0.0.1 is scored right, its failures counted and listed, and a
+resumed judging asks only for what is missing."""
 
 import json
 import threading
@@ -10,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from align.data import DataError
+from align.evaluation import published
 from align.evaluation.answers import write_answers
 from align.evaluation.judge import JudgeClient, judge_requests, run_judging
+from align.evaluation.mt_bench import judge_prompts_file
 from align.evaluation.questions import TEMPERATURE, Question, load_judge_prompts, load_questions
 from align.evaluation.scores import markdown, score_table, write_scores
+from align.evaluation.settings import MTBenchSettings
 from align.evaluation.stub_judge import judged_answer
 from align.generate import ChatModel
 from alignment_fixtures import tiny_model, tokenizer_for
@@ -37,6 +41,54 @@ def test_a_malformed_question_file_names_the_row(tmp_path):
     path.write_text('{"question_id": 1, "category": "writing", "turns": ["a", "b"]}\n{"question_id": 2}\n')
     with pytest.raises(DataError, match=r"q.jsonl: row 2: field 'category': missing"):
         load_questions(path)
+
+
+def test_hub_questions_in_huggingfaceh4s_layout_load_as_fastchats(monkeypatch):
+    """HuggingFaceH4/mt_bench_prompts (the default) renames FastChat's `turns` to `prompt`, ids rows by `prompt_id`."""
+    import datasets
+
+    rows = [{"prompt": ["Write a poem.", "Shorter."], "prompt_id": 1234, "category": "writing", "reference": []},
+            {"prompt": ["2+2?", "3+3?"], "prompt_id": 5678, "category": "math", "reference": ["4", "6"]}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda dataset_id, split: rows)
+    assert load_questions(published.QUESTIONS) == [Question(1234, "writing", ["Write a poem.", "Shorter."]),
+                                                   Question(5678, "math", ["2+2?", "3+3?"], ["4", "6"])]
+
+
+def test_eval_without_the_hub_ends_in_one_line_that_names_local_files(chat_model, tmp_path):
+    """`make eval` on a machine that cannot reach the hub (forced here by HF_HUB_OFFLINE, whatever the network)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    done = subprocess.run([sys.executable, "-m", "align", "eval", "mt-bench", chat_model.model.config._name_or_path,
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {published.QUESTIONS}: could not fetch MT-Bench's questions from the hub")
+    assert "--questions DIR/question.jsonl" in line and "make eval MT_BENCH=DIR" in line
+
+
+@needs_files
+def test_judge_prompts_from_a_url_are_saved_beside_the_results(tmp_path):
+    settings = MTBenchSettings(published.QUESTIONS, judge_prompts=(MT_BENCH / "judge_prompts.jsonl").as_uri())
+    saved = judge_prompts_file(settings, tmp_path)
+    assert saved == tmp_path / "judge_prompts.jsonl"
+    assert saved.read_text() == (MT_BENCH / "judge_prompts.jsonl").read_text()
+
+
+def test_hub_questions_are_judged_with_fastchats_published_prompts_or_one_line_says_why_not(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def unreachable(url, timeout):
+        raise urllib.error.URLError(f"no network for {url}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    with pytest.raises(DataError) as raised:
+        judge_prompts_file(MTBenchSettings(published.QUESTIONS), tmp_path)
+    assert str(raised.value).startswith(f"{published.JUDGE_PROMPTS}: could not fetch MT-Bench's judge prompts")
+    assert "\n" not in str(raised.value) and "--questions DIR/question.jsonl" in str(raised.value)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """MT-Bench's questions and judge prompts, from FastChat's files (`question.jsonl`, `judge_prompts.jsonl`) or
-the hub, and how each category is answered and judged."""
+where they are published (`published`), and how each category is answered and judged."""
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..data import DataError
 from ..data.jsonl import jsonl_rows
+from .published import hub_rows
 
 # FastChat's llm_judge: the temperature each category is answered with, and the categories judged against a
 # reference answer.
@@ -14,6 +15,7 @@ TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1,
                "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0}  # fmt: skip
 NEEDS_REFERENCE = ("math", "reasoning", "coding")
 PUBLISHED_JETMOE_8B_CHAT = 6.681  # the JetMoE report's MT-Bench average (both turns, all categories)
+QUESTION_FIELDS = ("question_id", "category", "turns")
 
 
 @dataclass
@@ -25,28 +27,37 @@ class Question:
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    rows = []
-    for number, row in jsonl_rows(path):
-        if not isinstance(row, dict):
-            raise DataError(str(path), "expected a JSON object", row=number)
-        missing = [key for key in required if key not in row]
-        if missing:
-            raise DataError(str(path), "missing", row=number, field=missing[0])
-        rows.append(row)
-    return rows
+    return [_checked(row, required, str(path), number) for number, row in jsonl_rows(path)]
+
+
+def _checked(row, required: tuple[str, ...], source: str, number: int) -> dict:
+    if not isinstance(row, dict):
+        raise DataError(source, "expected a JSON object", row=number)
+    missing = [key for key in required if key not in row]
+    if missing:
+        raise DataError(source, "missing", row=number, field=missing[0])
+    return row
+
+
+_H4_NAMES = {"prompt": "turns", "prompt_id": "question_id"}  # HuggingFaceH4/mt_bench_prompts' for FastChat's
+
+
+def _fastchat_layout(row: dict) -> dict:
+    """FastChat's field names for a row of HuggingFaceH4/mt_bench_prompts; rows already in FastChat's layout (e.g. a
+    hub copy of question.jsonl) as they are."""
+    return row if "turns" in row else {_H4_NAMES.get(key, key): value for key, value in row.items()}
 
 
 def load_questions(source: str | Path) -> list[Question]:
-    """A `question.jsonl` file, or a hub dataset id (its `train` split) with the same fields."""
+    """A `question.jsonl` file, or a hub dataset id (its `train` split) in FastChat's or HuggingFaceH4's layout."""
     path = Path(source)
     if path.is_file():
-        rows = _read_jsonl(path, ("question_id", "category", "turns"))
+        rows = _read_jsonl(path, QUESTION_FIELDS)
     elif path.exists() or str(source).startswith((".", "/")):
         raise DataError(str(source), "no question file there")
     else:
-        from datasets import load_dataset
-
-        rows = list(load_dataset(str(source), split="train"))
+        rows = [_checked(_fastchat_layout(row), QUESTION_FIELDS, str(source), number)
+                for number, row in enumerate(hub_rows(str(source), "MT-Bench's questions"), start=1)]
     questions = []
     for row in rows:
         if row["category"] not in TEMPERATURE:

@@ -3,11 +3,13 @@ the DPO output when the pipeline has trained it."""
 
 from dataclasses import dataclass
 
+from . import published
+
 
 @dataclass
 class MTBenchSettings:
-    questions: str  # question.jsonl, or a hub dataset id
-    judge_prompts: str | None = None  # default: judge_prompts.jsonl beside the question file
+    questions: str = published.QUESTIONS  # question.jsonl, or a hub dataset id
+    judge_prompts: str | None = None  # a file or URL; default: beside a question file, else FastChat's published one
     reference_answers: str | None = None  # FastChat's reference_answer/gpt-4.jsonl
     judge_url: str | None = None  # an OpenAI-compatible API base; none: answers only
     judge_model: str = "gpt-4"
