@@ -13,7 +13,7 @@
                                                         answer with a saved chat model (stock transformers);
                                                         sampling: --temperature, --top_p, --max_new_tokens
     export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
-    eval mt-bench MODEL_DIR --questions Q.jsonl [--judge-url URL]
+    eval mt-bench MODEL_DIR [--questions Q.jsonl] [--judge-url URL]
                                                         MT-Bench answers; with a judge, the score table and chart
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
