@@ -13,7 +13,7 @@ RECIPE ?= recipes/tiny/pipeline.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install deepspeed test test-oldest demo sft dpo pipeline export eval bench clean
+.PHONY: install deepspeed test test-oldest demo prepare sft dpo pipeline export eval bench clean
 
 # $(call venv,DIR,PIP_ARGS): DIR gets a venv with torch, then the project (its dev extra) installed with PIP_ARGS.
 define venv
@@ -46,6 +46,11 @@ test-oldest: $(OLDEST_VENV)/.installed
 # The demo starts afresh each time: it replaces an earlier demo run in runs/demo (the stages refuse that otherwise).
 demo: install
 	$(PY) -m align pipeline recipes/tiny/pipeline.yaml --overwrite_output_dir $(ARGS)
+
+# make prepare RECIPE=...: the recipe's data read, checked, tokenised and packed ahead of training (a stage or a
+# pipeline recipe); the stages then reuse it.
+prepare: install
+	$(PY) -m align prepare $(RECIPE) $(ARGS)
 
 sft: install
 	$(PY) -m align sft $(RECIPE) $(ARGS)
