@@ -135,10 +135,14 @@ def prepare_data(mixture: DataMixture, tokenizer, shape: TrainerShape) -> Prepar
     if reused:
         logger.info("data: reusing prepared data %s", final)
     report = DataReport.from_dict(json.loads((final / "report.json").read_text(encoding="utf-8")))
-    splits = [load_from_disk(str(final / split)) if (final / split).is_dir()
-              else Dataset.from_dict({name: [] for name in ROW_FEATURES[mixture.kind]}, features=ROW_FEATURES[mixture.kind])
-              for split in SPLITS]
-    return PreparedData(*splits, report, final, key, reused)
+    return PreparedData(*(_load_split(final / split, mixture.kind) for split in SPLITS), report, final, key, reused)
+
+
+def _load_split(path: Path, kind: str) -> Dataset:
+    if path.is_dir():
+        return load_from_disk(str(path))
+    features = ROW_FEATURES[kind]  # an empty split, not saved (see `_build`)
+    return Dataset.from_dict({name: [] for name in features}, features=features)
 
 
 def _check_template(tokenizer, shape: TrainerShape) -> None:
@@ -201,7 +205,13 @@ def _build(final: Path, plans: list[SourcePlan], mixture: DataMixture, tokenizer
         (work / "report.json").write_text(json.dumps(report.as_dict(), indent=1) + "\n", encoding="utf-8")
         (work / "fingerprint.json").write_text(json.dumps(description, indent=1, default=str) + "\n",
                                                encoding="utf-8")
-        os.rename(work, final)
+        try:
+            os.rename(work, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            # Completed meanwhile by a process the lock did not hold back (a file system without locks shared by
+            # several machines): the same key, the same data.
         elapsed = time.time() - started
         read = report.as_dict()["totals"]["read"]
         logger.info("data: prepared %d rows in %.1f s (%.0f rows/s) into %s", read, elapsed, read / max(elapsed, 1e-9),
@@ -216,7 +226,7 @@ def _finish(rows: Dataset, split: str, seed: int, shape: TrainerShape) -> Datase
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     rows = rows.select(order)
-    if shape.kind != "sft" or not len(rows):
+    if shape.kind != "sft":
         return rows
     if shape.packs(split):
         rows = rows.select_columns(["input_ids", "labels"])
