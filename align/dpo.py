@@ -4,6 +4,10 @@ Full fine-tuning compares against a frozen copy of the starting model, passed to
 otherwise reload it by name, which a model built in memory does not have). With `precompute_ref_log_probs` the
 reference log-probs are computed once, by the starting model before training, and no copy is kept. With LoRA
 (`peft_config`) there is no copy either: TRL computes the reference with the policy's adapters disabled.
+
+Every forward of a pair batch, policy and reference, tells the model the batch is preference pairs, so that it
+computes each pair's prompt once (`jetmoe_model.pair_packing`; `model.config.share_pair_prefix: false` turns it off):
+TRL's loss code runs unchanged on the same log-probs.
 """
 
 from datasets import Dataset
@@ -35,7 +39,19 @@ class PairLengthsMixin:
         self._signature_columns = [*self._signature_columns, "length"]
 
 
-class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, DPOTrainer):
+class SharedPromptsMixin:
+    """TRL's DPO batch holds each pair's prompt twice, in its chosen and its rejected row: our model, told that the
+    rows are pairs, computes it once. TRL makes its pair forwards in these two methods; the model keyword reaches
+    the model through them (a PEFT model passes it on)."""
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        return super()._compute_loss(model, {**inputs, "preference_pairs": True}, return_outputs)
+
+    def compute_ref_log_probs(self, model, inputs):
+        return super().compute_ref_log_probs(model, {**inputs, "preference_pairs": True})
+
+
+class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, SharedPromptsMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 

@@ -54,9 +54,11 @@ class MoAAttention(nn.Module):
         backend = self.experts.backend
         query, key = apply_rotary(query, cos, sin, backend), apply_rotary(key, cos, sin, backend)
         if packed is not None:  # [1, heads*k, T, dim] -> [T, heads*k, dim] views, the layout varlen kernels read
+            key, value, cu_seqlens_k, max_length_k = packed.attention_keys(key[0].transpose(0, 1),
+                                                                           value[0].transpose(0, 1))
             attn = varlen_attention(
-                query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), packed.cu_seqlens,
-                packed.max_length, self.scaling, self.config.attention_dropout if self.training else 0.0,
+                query[0].transpose(0, 1), key, value, packed.cu_seqlens, packed.max_length, self.scaling,
+                self.config.attention_dropout if self.training else 0.0, cu_seqlens_k, max_length_k,
             )  # fmt: skip
             attn = attn.view(1, length, heads, k, dim).transpose(2, 3)
             return self.experts.reduce(attn.reshape(1, length, k, heads * dim), routing), None, router_logits

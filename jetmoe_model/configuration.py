@@ -20,11 +20,14 @@ class JetMoEConfig(JetMoeConfig):
         (Triton on CUDA).
     padding_free: forwards without a KV cache (training, scoring) compute only the real tokens of a padded batch,
         and keep the sequences of a packed row apart by their boundaries (`jetmoe_model.packing`).
+    share_pair_prefix: with `padding_free`, a forward given DPO's preference pairs (`preference_pairs=True`, as our
+        DPO trainer passes) computes each pair's prompt once for both responses (`jetmoe_model.pair_packing`).
     """
 
     router_z_loss_coef: float = 0.001
     moe_backend: str = "auto"
     padding_free: bool = True
+    share_pair_prefix: bool = True
 
     def __post_init__(self, **kwargs):
         for legacy, field in _LEGACY_FIELDS.items():

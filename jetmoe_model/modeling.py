@@ -23,6 +23,7 @@ from .input_checks import check_inputs
 from .layers import RMSNorm, RotaryEmbedding
 from .output_flags import requested_outputs
 from .packing import PackedBatch, from_packed_row, packed_positions, unpad
+from .pair_packing import shared_prefix_pairs
 from .router_losses import load_balancing_loss, router_z_loss
 
 
@@ -134,10 +135,15 @@ class JetMoEModel(JetMoEPreTrainedModel):
         output_hidden_states=None,
         output_router_logits=None,
         past_key_values=None,
+        preference_pairs: bool = False,
         **kwargs,
     ) -> JetMoEModelOutput:
         """The cache comes as `cache` (transformers >= 5.24) or `past_key_values` (<= 5.23, and older callers) and
-        is returned in the output field the installed transformers reads (`cache_name.CACHE_NAME`)."""
+        is returned in the output field the installed transformers reads (`cache_name.CACHE_NAME`).
+
+        `preference_pairs`: the batch is TRL's DPO layout, the first half of the rows the chosen responses and the
+        second half the rejected ones of the same pairs; with `config.share_pair_prefix` each pair's common prefix
+        (its prompt) is computed once (`jetmoe_model.pair_packing`). Outputs are the same either way."""
         cache = given_cache(cache, past_key_values)
         output_attentions, output_hidden_states, output_router_logits = requested_outputs(
             self.config,
@@ -160,7 +166,8 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        packed = self._packed_batch(attention_mask, position_ids, cache, output_attentions, kwargs)
+        packed = self._packed_batch(attention_mask, position_ids, cache, output_attentions, kwargs,
+                                    input_ids if preference_pairs else None)
         if packed is not None:  # one row of real tokens: no mask, attention kept apart by the boundaries
             position_ids = packed_positions(packed, position_ids, inputs_embeds.device)
             inputs_embeds = packed.pack(inputs_embeds)
@@ -222,17 +229,26 @@ class JetMoEModel(JetMoEPreTrainedModel):
         )
 
 
-    def _packed_batch(self, attention_mask, position_ids, cache, output_attentions, kwargs) -> PackedBatch | None:
+    def _packed_batch(self, attention_mask, position_ids, cache, output_attentions, kwargs,
+                      pair_ids=None) -> PackedBatch | None:  # fmt: skip
         """How this forward runs padding-free, or None. Only without a cache (training, scoring), with
         `config.padding_free` and SDPA or flash attention, and no attention weights asked for (those come from eager
-        attention in the padded layout): a padded batch is unpadded; one row of sequences packed end to end (TRL's
-        padding-free collator) is taken as it comes."""
+        attention in the padded layout): preference pairs (`pair_ids`, their input ids) share their prompts; a
+        padded batch is unpadded; one row of sequences packed end to end (TRL's padding-free collator) is taken as
+        it comes."""
         if not self.config.padding_free or cache is not None or output_attentions:
             return None
         if torch.compiler.is_compiling():  # its sizes depend on the data: exported and compiled graphs stay padded
             return None
         if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
             return None
+        if pair_ids is not None and self.config.share_pair_prefix and position_ids is None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(pair_ids)
+            if attention_mask.dim() == 2:
+                packed = shared_prefix_pairs(pair_ids, attention_mask)
+                if packed is not None:
+                    return packed
         if attention_mask is not None:
             if attention_mask.dim() != 2 or bool(attention_mask.all()):
                 return None
@@ -267,9 +283,11 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         past_key_values=None,
+        preference_pairs: bool = False,
         **kwargs,
     ) -> JetMoECausalLMOutput:
-        """The cache comes as `cache` or `past_key_values`, as `JetMoEModel.forward` takes it."""
+        """The cache comes as `cache` or `past_key_values`, and `preference_pairs` means what it means to
+        `JetMoEModel.forward`."""
         (output_router_logits,) = requested_outputs(self.config, output_router_logits=output_router_logits)
         outputs = self.model(
             input_ids=input_ids,
@@ -282,6 +300,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
             return_dict=True,
+            preference_pairs=preference_pairs,
             **kwargs,
         )
         # logits_to_keep: an int keeps the last n positions (0 keeps all), a tensor selects positions.

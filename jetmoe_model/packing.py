@@ -7,6 +7,9 @@ Two ways in, one representation:
 - a batch TRL's padding-free collator already packed into one row (`cu_seq_lens_q` and friends, or position ids
   that restart at 0) is used as it is.
 
+A third way in (`jetmoe_model.pair_packing`): DPO's chosen and rejected rows of the same pairs, each pair's common
+prefix (the prompt) packed once and read by both responses; outputs go back to both rows.
+
 Either way the packed row is rounded up to a multiple of `PACK_MULTIPLE` tokens by one filler sequence. Training
 then sees few distinct shapes, each divisible by 16: Triton specialises kernels on that, and a new specialisation
 compiled in the middle of training stalls a step for seconds.
@@ -28,6 +31,13 @@ class PackedBatch:
     real_tokens: int  # tokens before the filler
     padded_shape: tuple[int, int] | None = None  # (batch, length) of an unpadded input; None: it came packed
     token_index: torch.Tensor | None = None  # [real_tokens]: each packed token's flat index in the padded batch
+    # Sequences whose keys are not just their own tokens (prefix-shared pairs): which packed tokens each reads.
+    key_index: torch.Tensor | None = None  # [key tokens]: the keys of each sequence in turn, as packed positions
+    cu_seqlens_k: torch.Tensor | None = None  # boundaries of each sequence's keys in `key_index`
+    max_length_k: int | None = None
+    # A packed token some padded positions share (a pair's prompt): each padded position's packed token, or
+    # `real_tokens` (a zero row) at padding. None: each packed token has one padded position, `token_index`.
+    padded_index: torch.Tensor | None = None  # [batch * length]
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, L, ...]` (or `[B, L]`) in the input's layout -> `[1, T', ...]`, the filler's rows zeros."""
@@ -42,11 +52,25 @@ class PackedBatch:
     def unpack(self, x: torch.Tensor, flat: bool = False) -> torch.Tensor:
         """`[1, T', ...]` -> the input's layout (`[B, L, ...]`, or `[B*L, ...]` with `flat`), zeros at padding."""
         rows = x[0, : self.real_tokens]
+        if self.padded_index is not None:  # a gather: a shared token goes to every position that reads it
+            batch, length = self.padded_shape
+            rows = torch.cat((rows, rows.new_zeros(1, *rows.shape[1:]))).index_select(0, self.padded_index)
+            return rows if flat else rows.view(batch, length, *rows.shape[1:])
         if self.token_index is not None:
             batch, length = self.padded_shape
             rows = rows.new_zeros(batch * length, *rows.shape[1:]).index_copy(0, self.token_index, rows)
             return rows if flat else rows.view(batch, length, *rows.shape[1:])
         return rows if flat else rows.unsqueeze(0)
+
+
+    def attention_keys(self, key: torch.Tensor, value: torch.Tensor):
+        """Keys and values `[T, heads, D]` as each sequence reads them, with their boundaries and longest: the
+        packed row itself (boundaries None: the queries'), or (prefix-shared pairs) gathered so that a response's
+        keys follow its prompt's."""
+        if self.key_index is None:
+            return key, value, None, None
+        return (key.index_select(0, self.key_index), value.index_select(0, self.key_index), self.cu_seqlens_k,
+                self.max_length_k)  # fmt: skip
 
 
 def _round_up(tokens: int) -> int:

@@ -170,8 +170,8 @@ def test_trls_dpo_loss_with_our_router_losses_is_the_same_padding_free(tmp_path,
     assert not batch["attention_mask"].all()
     results = {}
     for padding_free in (False, True):
-        for model in (trainer.model, trainer.ref_model):
-            model.config.padding_free = padding_free
+        for model in (trainer.model, trainer.ref_model):  # pairs unpadded, not prefix-shared (that: its own tests)
+            model.config.padding_free, model.config.share_pair_prefix = padding_free, False
         trainer.model.zero_grad()
         loss = trainer.compute_loss(trainer.model, dict(batch))
         loss.backward()
