@@ -21,9 +21,21 @@ it (the output says so). `--layers` and `--tiny` change the model shape of both 
 
 Measured per optimizer step, on each side alike (a callback and a wrapper of the trainer's data collator): wall
 time between consecutive step ends (CUDA synchronised), real and processed tokens of the micro-batches the step
-consumed (`count_tokens` gives the rule), loss. Summaries are over the steps after `--warmup`: real tokens/s =
-their real tokens / their time, median and worst step time, peak `torch.cuda.max_memory_allocated()` over the
-run. Under `accelerate launch` every number is per GPU (rank 0's batches and memory); only rank 0 prints.
+consumed (`count_tokens` gives the rule), model FLOPs (`model_flops`), loss. Summaries are over the steps after
+`--warmup`: real tokens/s = their real tokens / their time, TFLOP/s and MFU (model FLOPs / time, against the GPU's
+datasheet dense bf16 peak from TRL's table: 989 TFLOP/s for an H100 or H200), median and worst step time, peak
+`torch.cuda.max_memory_allocated()` over the run. Under `accelerate launch` every number is per GPU (rank 0's
+batches and memory); only rank 0 prints.
+
+FLOP convention (`model_flops`), the same for both sides: a forward costs, per token, 2 x the parameters it
+passes through (kv_proj, its top-k MoA query and output experts, its top-k MLP experts, both routers, the LM head:
+`active_parameters`), plus causal attention, 2 x n^2 x (top_k x kv_heads) x head_dim per layer for a sequence of
+n tokens (QK^T and AV over the causal half). Full fine-tuning counts 3 forwards a token (forward, activation and
+weight gradients), LoRA 2 (forward and activation gradients; the adapters' own FLOPs left out); DPO adds the
+reference forward (1) unless reference log-probs are precomputed. Recomputation under activation checkpointing is
+not counted. Tokens are the real tokens of TRL's batch layout: a DPO pair's prompt counts in its chosen and its
+rejected row, as stock computes it, so prefix sharing (ours computes each prompt once) shows as model FLOPs it did
+not have to execute. `--prefix-sharing both` runs ours twice, with and without it (`ours, prompts twice`).
 """
 
 import argparse
@@ -65,6 +77,7 @@ TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_key_value_heads=2, kv
 DATA_KIND = {"sft": "sft", "dpo": "preference"}
 TRAIN_SPLIT = {"sft": synthetic_data.SFT_SPLITS[0], "dpo": synthetic_data.PREFERENCE_SPLITS[0]}
 OUR_TRAINERS = {"sft": sft_trainer, "dpo": dpo_trainer}
+UNSHARED = "ours, prompts twice"  # ours without prefix sharing
 
 
 def recipe_path(stage: str, mode: str) -> Path:
@@ -101,17 +114,52 @@ def count_tokens(batch: dict, pad_token_id: int, unpadding_model: bool = False) 
     return real, input_ids.numel()
 
 
+def sequence_lengths(batch: dict) -> list[int]:
+    """The lengths of a collated batch's sequences, for the attention FLOPs: its mask's rows (a DPO batch's chosen
+    and rejected rows are two sequences), or a packed row's runs between position-id restarts."""
+    if batch.get("attention_mask") is not None:
+        return batch["attention_mask"].sum(1).tolist()
+    positions = batch["position_ids"].reshape(-1)
+    starts = (positions == 0).nonzero().squeeze(1).tolist() + [len(positions)]
+    return [end - start for start, end in zip(starts[:-1], starts[1:])]
+
+
+def active_parameters(config) -> int:
+    """Parameters one token's forward passes through (see the FLOP convention above); transformers' and our
+    JetMoE configs have the same fields."""
+    hidden, attn = config.hidden_size, config.kv_channels * config.num_key_value_heads
+    top_k, experts = config.num_experts_per_tok, config.num_local_experts
+    per_layer = (2 * hidden * attn + 2 * top_k * hidden * attn + 3 * top_k * hidden * config.intermediate_size
+                 + 2 * hidden * experts)  # fmt: skip
+    return config.num_hidden_layers * per_layer + hidden * config.vocab_size
+
+
+def forwards_per_token(stage: str, lora: bool, precomputed_reference: bool) -> int:
+    """Forward-equivalents of one training step per token: policy forward + backward, and DPO's reference."""
+    policy = 2 if lora else 3
+    return policy + (1 if stage == "dpo" and not precomputed_reference else 0)
+
+
+def model_flops(config, lengths: list[int], forwards: int) -> float:
+    """Model FLOPs of one micro-batch of sequences of `lengths` (the convention above)."""
+    attention = 2 * config.num_experts_per_tok * config.num_key_value_heads * config.kv_channels
+    per_forward = 2 * active_parameters(config) * sum(lengths) + (
+        config.num_hidden_layers * attention * sum(n * n for n in lengths))
+    return forwards * per_forward
+
+
 class CountingCollator:
-    """Wraps a trainer's data collator; notes each batch's (real, processed) tokens, in the order the trainer
-    consumes them (the data loader may collate one batch ahead: the list then holds one more)."""
+    """Wraps a trainer's data collator; notes each batch's (real, processed) tokens and its sequences' lengths, in
+    the order the trainer consumes them (the data loader may collate one batch ahead: the list then holds one
+    more)."""
 
     def __init__(self, collator, pad_token_id: int, unpadding_model: bool):
         self.collator, self.pad_token_id, self.unpadding_model = collator, pad_token_id, unpadding_model
-        self.batches: list[tuple[int, int]] = []
+        self.batches: list[tuple[int, int, list[int]]] = []
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        self.batches.append(count_tokens(batch, self.pad_token_id, self.unpadding_model))
+        self.batches.append((*count_tokens(batch, self.pad_token_id, self.unpadding_model), sequence_lengths(batch)))
         return batch
 
 
@@ -126,7 +174,7 @@ class StepRecorder(TrainerCallback):
 
     def __init__(self, counter: CountingCollator):
         self.counter = counter
-        self.start, self.ends, self.peak_gib, self.log_history = None, [], None, []
+        self.start, self.ends, self.peak_gib, self.log_history, self.model_config = None, [], None, [], None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.counter.batches.clear()
@@ -183,19 +231,22 @@ def attach_measuring(trainer, pad_token_id: int, profile: str | None = None, fir
     counter = CountingCollator(trainer.data_collator, pad_token_id, unpadding_model)
     trainer.data_collator = counter
     recorder = StepRecorder(counter)
+    recorder.model_config = trainer.accelerator.unwrap_model(trainer.model).config
     trainer.add_callback(recorder)
     return recorder
 
 
-def step_records(recorder: StepRecorder, accumulation: int) -> list[dict]:
-    """One record per optimizer step: its seconds, the real and processed tokens of its micro-batches, its loss."""
+def step_records(recorder: StepRecorder, accumulation: int, config=None, forwards: int = 0) -> list[dict]:
+    """One record per optimizer step: its seconds, the real and processed tokens of its micro-batches, their model
+    FLOPs (with the model's `config`), its loss."""
     losses = {entry["step"]: entry["loss"] for entry in recorder.log_history if "loss" in entry}
     starts = [recorder.start] + recorder.ends[:-1]
     records = []
     for index, (start, end) in enumerate(zip(starts, recorder.ends)):
         batches = recorder.counter.batches[index * accumulation:(index + 1) * accumulation]
-        records.append({"step": index + 1, "seconds": end - start, "real_tokens": sum(real for real, _ in batches),
-                        "processed_tokens": sum(processed for _, processed in batches),
+        flops = sum(model_flops(config, lengths, forwards) for _, _, lengths in batches) if config else None
+        records.append({"step": index + 1, "seconds": end - start, "real_tokens": sum(b[0] for b in batches),
+                        "processed_tokens": sum(b[1] for b in batches), "model_flops": flops,
                         "loss": losses.get(index + 1)})  # fmt: skip
     return records
 
@@ -208,10 +259,15 @@ def summarise(steps: list[dict], warmup: int) -> dict:
     processed = sum(step["processed_tokens"] for step in timed)
     times = [step["seconds"] for step in timed]
     median = statistics.median(times)
+    flops = [step.get("model_flops") for step in timed]
+    tflops = sum(flops) / seconds / 1e12 if None not in flops else None
+    peak = peak_tflops()
     return {
         "timed_steps": len(timed),
         "real_tokens_per_s": real / seconds,
         "processed_tokens_per_s": processed / seconds,
+        "model_tflops_per_s": tflops,
+        "mfu": tflops / peak if tflops is not None and peak else None,
         "padding_fraction": 1 - real / processed,
         "median_step_s": median,
         "worst_step_s": max(times),
@@ -219,8 +275,20 @@ def summarise(steps: list[dict], warmup: int) -> dict:
     }
 
 
-def side_result(side: str, recorder: StepRecorder, args, warmup: int, notes: list[str]) -> dict:
-    steps = step_records(recorder, args.gradient_accumulation_steps)
+def peak_tflops() -> float | None:
+    """The GPU's datasheet dense bf16 peak (TRL's table), None on CPU or an unknown GPU."""
+    from trl.trainer.utils import get_peak_flops
+
+    if not torch.cuda.is_available():
+        return None
+    peak = get_peak_flops(torch.cuda.get_device_name(), "bfloat16")
+    return peak / 1e12 if peak else None
+
+
+def side_result(side: str, recorder: StepRecorder, args, warmup: int, notes: list[str], stage: str,
+                lora: bool) -> dict:  # fmt: skip
+    forwards = forwards_per_token(stage, lora, bool(getattr(args, "precompute_ref_log_probs", False)))
+    steps = step_records(recorder, args.gradient_accumulation_steps, recorder.model_config, forwards)
     return {"side": side, "micro_batch": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_length": args.max_length,
             "activation_checkpointing": bool(args.activation_checkpointing), "notes": notes,
@@ -267,23 +335,33 @@ def synthetic_dataset(cli, work_dir: Path) -> tuple[Path, dict]:
 # --- our side ------------------------------------------------------------------------------------------------------
 
 
-def measuring_factory(build, measured: dict, cli):
+def measuring_factory(build, measured: dict, cli, side: str = "ours"):
     """A `run_stage` trainer factory: our trainer with the measuring callback, the final save_model skipped."""
 
     def make_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_config=None):
         trainer = build(args, model, tokenizer, train_dataset, eval_dataset, peft_config=peft_config)
-        measured["recorder"] = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, "ours"))
+        measured["recorder"] = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, side))
         trainer.save_model = lambda *args, **kwargs: None
         return trainer
 
     return make_trainer
 
 
-def run_ours(cli, recipe) -> dict:
+def run_ours(cli, recipe, side: str = "ours") -> dict:
     measured = {}
-    run_stage(recipe, measuring_factory(OUR_TRAINERS[cli.stage], measured, cli))
+    run_stage(recipe, measuring_factory(OUR_TRAINERS[cli.stage], measured, cli, side))
     notes = [f"recipe {Path(recipe.path).relative_to(REPO)}"] + [f"--set {pair}" for pair in cli.set]
-    return side_result("ours", measured["recorder"], recipe.training, cli.warmup, notes)
+    if cli.stage == "dpo":
+        notes.append(f"prefix sharing {'on' if recipe.model.config.get('share_pair_prefix', True) else 'off'}")
+    return side_result(side, measured["recorder"], recipe.training, cli.warmup, notes, cli.stage, bool(recipe.lora))
+
+
+def without_prefix_sharing(recipe):
+    """Our recipe with each DPO pair's prompt computed in both its rows, as before prefix sharing."""
+    recipe = copy.deepcopy(recipe)
+    recipe.model.config = {**recipe.model.config, "share_pair_prefix": False}
+    recipe.training.output_dir = f"{recipe.training.output_dir}_unshared"
+    return recipe
 
 
 # --- the stock side ------------------------------------------------------------------------------------------------
@@ -398,12 +476,13 @@ def run_stock(cli, recipe) -> dict:
     trainer = stock_trainer(cli.stage, args, model, tokenizer, splits["train"], peft_config)
     recorder = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, "stock"))
     trainer.train()
-    return side_result("stock", recorder, args, cli.warmup, notes)
+    return side_result("stock", recorder, args, cli.warmup, notes, cli.stage, bool(recipe.lora))
 
 
 def profiling(cli, side: str) -> tuple:
     """`attach_measuring`'s profiling arguments: `--profile PREFIX` profiles 3 steps after the warm-up."""
-    return (f"{cli.profile}_{side}.txt", cli.warmup, 3) if cli.profile else (None,)
+    name = side.replace(", ", "_").replace(" ", "_")
+    return (f"{cli.profile}_{name}.txt", cli.warmup, 3) if cli.profile else (None,)
 
 
 # --- running, reporting --------------------------------------------------------------------------------------------
@@ -418,7 +497,7 @@ def free_memory() -> None:
 def run_side(side: str, run, cli, recipe) -> dict:
     """One side's result, or its error when it runs out of memory (the other side still runs)."""
     try:
-        return run(cli, recipe)
+        return run(cli, recipe) if side == "stock" else run(cli, recipe, side)
     except torch.OutOfMemoryError as error:
         return {"side": side, "error": f"out of memory: {str(error).splitlines()[0]}"}
     finally:
@@ -433,21 +512,26 @@ def ratio(results: list[dict]) -> float | None:
     return None
 
 
-def table(results: list[dict], stage: str, mode: str, speedup: float | None) -> str:
-    rows = ["| side | stage | mode | micro-batch | real tok/s | processed tok/s | padding % | median step s | "
-            "worst step s | worst/median | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+def table(results: list[dict], stage: str, mode: str) -> str:
+    rows = ["| side | stage | mode | micro-batch | real tok/s | model TFLOP/s | MFU % | processed tok/s | padding % | "
+            "median step s | worst step s | worst/median | peak GiB |", "|---" * 13 + "|"]
     for result in results:
         if "error" in result:
-            rows.append(f"| {result['side']} | {stage} | {mode} | - | {result['error']} | | | | | | |")
+            rows.append(f"| {result['side']} | {stage} | {mode} | - | {result['error']} | | | | | | | | |")
             continue
         peak = "-" if result["peak_gib"] is None else f"{result['peak_gib']:.1f}"
+        tflops = "-" if result.get("model_tflops_per_s") is None else f"{result['model_tflops_per_s']:.1f}"
+        mfu = "-" if result.get("mfu") is None else f"{100 * result['mfu']:.1f}"
         rows.append(
             f"| {result['side']} | {stage} | {mode} | {result['micro_batch']} | {result['real_tokens_per_s']:,.0f} | "
-            f"{result['processed_tokens_per_s']:,.0f} | {100 * result['padding_fraction']:.1f} | "
+            f"{tflops} | {mfu} | {result['processed_tokens_per_s']:,.0f} | {100 * result['padding_fraction']:.1f} | "
             f"{result['median_step_s']:.3f} | {result['worst_step_s']:.3f} | {result['worst_over_median']:.2f} | "
             f"{peak} |")  # fmt: skip
-    if speedup is not None:
-        rows.append(f"| ours / stock | {stage} | {mode} | | **{speedup:.2f}x** | | | | | | |")
+    stock = next((r["real_tokens_per_s"] for r in results if r["side"] == "stock" and "error" not in r), None)
+    for result in results:
+        if stock and result["side"] != "stock" and "error" not in result:
+            speed = result["real_tokens_per_s"] / stock
+            rows.append(f"| {result['side']} / stock | {stage} | {mode} | | **{speed:.2f}x** | | | | | | | | |")
     return "\n".join(rows)
 
 
@@ -475,6 +559,8 @@ def parse_args(argv=None):
     parser.add_argument("--stage", choices=["sft", "dpo"], default="sft")
     parser.add_argument("--mode", choices=["lora", "full"], default="lora")
     parser.add_argument("--side", choices=["ours", "stock", "both"], default="both")
+    parser.add_argument("--prefix-sharing", choices=["on", "off", "both"], default="on",
+                        help="DPO: ours computes each pair's prompt once (on), in both rows (off), or runs both ways")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the summaries")
     parser.add_argument("--rows", type=int, default=512, help="synthetic train rows (tokenised by each side)")
@@ -502,8 +588,15 @@ def main(argv=None) -> dict:
         stock_recipe = load_recipe(path, cli.stage, bench_overrides(cli, data_dir, work_dir / "stock"))
         our_recipe = load_recipe(path, cli.stage, {**bench_overrides(cli, data_dir, work_dir / "ours"),
                                                    **key_values(cli.set)})  # fmt: skip
-        sides = [("ours", run_ours, our_recipe), ("stock", run_stock, stock_recipe)]
-        results = [run_side(side, run, cli, recipe) for side, run, recipe in sides if cli.side in (side, "both")]
+        sides = []
+        if cli.side in ("ours", "both"):
+            if cli.prefix_sharing in ("on", "both"):
+                sides.append(("ours", run_ours, our_recipe))
+            if cli.prefix_sharing in ("off", "both"):
+                sides.append((UNSHARED, run_ours, without_prefix_sharing(our_recipe)))
+        if cli.side in ("stock", "both"):
+            sides.append(("stock", run_stock, stock_recipe))
+        results = [run_side(side, run, cli, recipe) for side, run, recipe in sides]
     finally:
         if not cli.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -511,7 +604,7 @@ def main(argv=None) -> dict:
     report = {"stage": cli.stage, "mode": cli.mode, "tiny": cli.tiny, "layers": cli.layers, "steps": cli.steps,
               "warmup": cli.warmup, "rows": cli.rows, "data_lengths": lengths, "environment": environment(),
               "results": results, "ours_over_stock_real_tokens_per_s": speedup}  # fmt: skip
-    say(table(results, cli.stage, cli.mode, speedup))
+    say(table(results, cli.stage, cli.mode))
     for result in results:
         for note in result.get("notes", []):
             say(f"{result['side']}: {note}")

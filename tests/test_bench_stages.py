@@ -102,7 +102,7 @@ def check_side(result: dict, steps: int) -> None:
     for step in result["steps"]:
         assert 0 < step["real_tokens"] <= step["processed_tokens"]
         assert step["processed_tokens"] % result["micro_batch"] == 0  # padded: micro-batch x longest row
-        assert step["seconds"] > 0 and step["loss"] is not None
+        assert step["seconds"] > 0 and step["loss"] is not None and step["model_flops"] > 0
     assert 0 <= result["padding_fraction"] < 1
 
 
@@ -131,3 +131,28 @@ def test_tiny_end_to_end_run_measures_both_sides(stage, mode, tmp_path, monkeypa
     if mode == "lora":
         assert any("dropout 0" in note for note in stock["notes"])
     assert statistics.median(s["seconds"] for s in ours["steps"]) == ours["median_step_s"]
+
+
+def test_model_flops_follow_the_stated_convention():
+    from align.recipes import ModelArgs
+    from align.model_loading import model_config
+
+    config = model_config(ModelArgs(name_or_path=str(REPO / bench_stages.MODEL_CONFIG), init="random"))
+    # docs/benchmarks.md, the model table: 5.07 GFLOP a token for a forward of the 8B shape at sequence 2048.
+    assert bench_stages.model_flops(config, [2048], forwards=1) / 2048 == pytest.approx(5.07e9, rel=2e-3)
+    # Attention grows with each sequence's square: two sequences of 1024 cost less than one of 2048.
+    assert bench_stages.model_flops(config, [1024, 1024], 1) < bench_stages.model_flops(config, [2048], 1)
+    assert [bench_stages.forwards_per_token(stage, lora, precomputed) for stage, lora, precomputed in
+            [("sft", False, False), ("sft", True, False), ("dpo", False, False), ("dpo", True, False),
+             ("dpo", True, True)]] == [3, 2, 4, 3, 2]  # fmt: skip
+
+
+def test_sequence_lengths_of_padded_preference_and_packed_batches():
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    pairs = [{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 9], "rejected_ids": [7]}]
+    assert bench_stages.sequence_lengths(DataCollatorForPreference(pad_token_id=0)(pairs)) == [5, 3]
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": [5, 6, 7]},
+                                                                                {"input_ids": [5, 6]}])
+    assert bench_stages.sequence_lengths(packed) == [3, 2]
