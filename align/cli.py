@@ -12,7 +12,7 @@
     generate MODEL_DIR QUESTION | --chat | --prompts IN.jsonl --output OUT.jsonl
                                                         answer with a saved chat model (stock transformers);
                                                         sampling: --temperature, --top_p, --max_new_tokens
-    export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
+    export ADAPTER_DIR OUT_DIR [--overwrite]            merge a LoRA adapter into its base: a full checkpoint
     eval mt-bench MODEL_DIR [--questions Q.jsonl] [--judge-url URL]
                                                         MT-Bench answers; with a judge, the score table and chart
 
@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="merge a LoRA adapter into its base, with the tokenizer")
     export.add_argument("adapter_dir")
     export.add_argument("out_dir")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty OUT_DIR (never the adapter or its base)")
     return parser
 
 
@@ -143,7 +145,7 @@ def _run(args, overrides: dict) -> None:
     elif args.command == "export":
         from .export import export_merged
 
-        _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
+        _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir, args.overwrite)}/")
 
 
 def _load_any(path: str, overrides: dict) -> list:
