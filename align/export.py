@@ -26,6 +26,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
     from jetmoe_model import JetMoEForCausalLM
 
     from .lora.stage_support import adapter_base, is_adapter_dir, merge_adapter
+    from .tokenizer import TOKENIZER_FILES, has_tokenizer
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
@@ -34,14 +35,17 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
     if not base_path:
         raise ExportError(f"{adapter_dir}/adapter_config.json: base_model_name_or_path is empty")
     check_target(adapter_dir, base_path, out_dir, overwrite)
+    tokenizer_source = str(adapter_dir) if has_tokenizer(adapter_dir) else base_path
+    if Path(tokenizer_source).is_dir() and not has_tokenizer(tokenizer_source):
+        raise ExportError(f"{adapter_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) in the adapter directory "
+                          f"or its base {base_path}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-", dir=out_dir.parent))
     try:
         merged = merge_adapter(JetMoEForCausalLM.from_pretrained(base_path, dtype="auto"), adapter_dir)
         merged.save_pretrained(staging)
-        has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-        AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else base_path).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(staging)
         _replace(out_dir, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -4,7 +4,7 @@ at once, so a bad value costs seconds instead of a data load or a whole training
 Values in range (learning rate, batch sizes, lengths, steps, beta, LoRA alpha and dropout; LoRA's rank is
 checked as the recipe is read), dtypes and attention implementations known, model and tokenizer paths that exist
 locally (with the files a saved model has, valid JSON, intact safetensors headers) or look like hub ids, data
-sources that exist, the chat template (a known name, or Jinja that renders a sample conversation), output
+sources that exist with the splits they name (each once), the chat template (a known name, or Jinja that renders a sample conversation), output
 directories that are writable, not in use by another run and not holding an earlier run (unless resuming or
 overwriting), and on `--resume` a recipe that trains as the checkpoint was trained (`align.resume_changes`).
 `python -m align check
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .chat_template import chat_template_problem
 from .checkpoints import CheckpointFileError, ResumeError, check_safetensors, checkpoint_to_resume
-from .data import DataError, source_location
-from .data.sources import HUB_ID
+from .data import DataError
+from .data.sources import HUB_ID, check_local_splits
 from .recipes import Recipe, RecipeError
 from .resume_changes import resume_changes, run_settings
 from .run_lock import OutputDirError, earlier_run_problem, output_dir_lock
@@ -158,7 +158,7 @@ def data_problems(recipe: Recipe) -> list[str]:
     problems = []
     for index, source in enumerate(recipe.data.sources):
         try:
-            source_location(source)
+            check_local_splits(source)
         except DataError as error:
             problems.append(f"data.sources[{index}]: {error}")
     return problems
