@@ -1,5 +1,6 @@
-"""The trainer's side of `align.resume_changes`: every checkpoint records the settings it was trained with, and a
-resume that accepted changes trains with the recipe's optimizer hyperparameters.
+"""The trainer's side of `align.resume_changes`: every checkpoint records the settings it was trained with, a
+resume that accepted changes trains with the recipe's optimizer hyperparameters, and one that changed the model's
+shape ends in one line.
 
 transformers restores the optimizer's param groups (learning rate, weight decay, betas, epsilon) and the
 scheduler's base learning rates from the checkpoint, over the recipe's; only the schedule's shape (scheduler
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from .checkpoints import CheckpointFileError
 from .resume_changes import write_settings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,20 @@ class ResumeSettingsMixin:
         super()._finish_staged_state(staged, final)
         if self._run_settings is not None:
             write_settings(staged, self._run_settings)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """A model shape changed on an accepted resume: one line naming the first weight that does not fit, not
+        torch's list of every mismatch."""
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except RuntimeError as error:
+            mismatch = next((line.strip().rstrip(".") for line in str(error).splitlines() if "size mismatch" in line),
+                            None)
+            if mismatch is None:
+                raise
+            raise CheckpointFileError(f"{resume_from_checkpoint}: its weights do not fit the recipe's model "
+                                      f"({mismatch}); a model's shape cannot change on resume: start afresh "
+                                      "(--overwrite_output_dir or another --output_dir)") from None
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         fresh = [{key: value for key, value in group.items() if key != "params"}

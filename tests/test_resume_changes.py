@@ -129,6 +129,15 @@ def test_accepted_changes_train_with_the_new_values_and_are_recorded(trained, tm
     assert moved["6e-3"] / moved["2e-3"] == pytest.approx(3.0, rel=1e-3)
 
 
+def test_an_accepted_model_shape_change_ends_in_one_line(trained, tmp_path, capsys):
+    out = tmp_path / "sft"
+    shutil.copytree(trained, out)
+    assert main([*resume_argv(out, "--model.config.intermediate_size", "64"), "--resume_accept_changes"]) == 2
+    line = error_line(capsys)
+    assert f"{out / 'checkpoint-2'}: its weights do not fit the recipe's model (size mismatch for " in line
+    assert "a model's shape cannot change on resume" in line
+
+
 def test_checkpoints_of_older_versions_compare_with_run_json_or_say_they_cannot(tmp_path, caplog):
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
