@@ -4,11 +4,11 @@ at once, so a bad value costs seconds instead of a data load or a whole training
 Values in range (learning rate, batch sizes, lengths, steps, beta, LoRA alpha and dropout; LoRA's rank is
 checked as the recipe is read), dtypes and attention implementations known, model and tokenizer paths that exist
 locally (with the files a saved model has, valid JSON, intact safetensors headers) or look like hub ids, data
-sources that exist with the splits they name (each once), the chat template (a known name, or Jinja that renders a sample conversation), output
-directories that are writable, not in use by another run and not holding an earlier run (unless resuming or
-overwriting), and on `--resume` a recipe that trains as the checkpoint was trained (`align.resume_changes`).
-`python -m align check
-RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run it first. Every problem is reported in one line.
+sources that exist with the splits they name (each once), the chat template (a known name, or Jinja that renders
+a sample conversation), output directories that are writable, not in use by another run and not holding an
+earlier run (unless resuming or overwriting), and on `--resume` a recipe that trains as the checkpoint was
+trained (`align.resume_changes`). `python -m align check RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run
+it first. Every problem is reported in one line.
 """
 
 import dataclasses
