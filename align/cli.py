@@ -12,12 +12,13 @@
     generate MODEL_DIR QUESTION | --chat | --prompts IN.jsonl --output OUT.jsonl
                                                         answer with a saved chat model (stock transformers);
                                                         sampling: --temperature, --top_p, --max_new_tokens
-    export ADAPTER_DIR OUT_DIR                          merge a LoRA adapter into its base: a full checkpoint
+    export ADAPTER_DIR OUT_DIR [--overwrite]            merge a LoRA adapter into its base: a full checkpoint
     eval mt-bench MODEL_DIR [--questions Q.jsonl] [--judge-url URL]
                                                         MT-Bench answers; with a judge, the score table and chart
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
-`--overwrite_output_dir` lets sft/dpo/pipeline replace an earlier run in the output dir (else refused).
+`--overwrite_output_dir` lets sft/dpo/pipeline replace an earlier run in the output dir (else refused);
+`--resume_accept_changes` lets `--resume` continue with a recipe that changes what the checkpoint was trained with.
 """
 
 import argparse
@@ -29,7 +30,7 @@ from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
 from .checkpoints import CheckpointFileError, ResumeError
-from .cli_help import add_stage_command
+from .cli_help import add_accept_changes_argument, add_stage_command
 from .data import DataError
 from .evaluation import mt_bench
 from .export import ExportError
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check a stage or pipeline recipe without loading model or data")
     check.add_argument("recipe")
     check.add_argument("--resume", action="store_true", help="check it for a resumed run")
+    add_accept_changes_argument(check)
     check.add_argument("--overwrite_output_dir", action="store_true", help="check it for a run that replaces one")
     prepare = commands.add_parser("prepare", help="prepare a stage or pipeline recipe's data ahead of training")
     prepare.add_argument("recipe")
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="merge a LoRA adapter into its base, with the tokenizer")
     export.add_argument("adapter_dir")
     export.add_argument("out_dir")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty OUT_DIR (never the adapter or its base)")
     return parser
 
 
@@ -87,7 +91,7 @@ def _run(args, overrides: dict) -> None:
         recipe = load_recipe(args.recipe, args.command, overrides)
         _log_on_main_process_only()
         _prepare_output_dirs([recipe], args)
-        output_dir = run(recipe, resume=args.resume)
+        output_dir = run(recipe, resume=args.resume, accept_changes=args.resume_accept_changes)
         _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json; "
              f"trainer_state.json, train.log, plots: {', '.join(sorted(p.name for p in output_dir.glob('*.png')))})")
     elif args.command == "pipeline":
@@ -97,13 +101,14 @@ def _run(args, overrides: dict) -> None:
         evaluation = load_pipeline_eval(args.recipe)
         _log_on_main_process_only()
         _prepare_output_dirs(recipes, args)
-        sft_dir, dpo_dir = run_pipeline(*recipes, resume=args.resume)
+        sft_dir, dpo_dir = run_pipeline(*recipes, resume=args.resume, accept_changes=args.resume_accept_changes)
         _say(summary(sft_dir, dpo_dir))
         if evaluation is not None and PartialState().is_main_process:
             mt_bench.evaluate(str(dpo_dir), evaluation)
     elif args.command == "check":
         recipes = _load_any(args.recipe, overrides)
-        preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)
+        preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir,
+                  accept_changes=args.resume_accept_changes)
         _say(f"{args.recipe}: ok (" + ", ".join(f"{r.stage} -> {r.training.output_dir}" for r in recipes) + ")")
     elif args.command == "prepare":
         from .stage import prepare_stage_data
@@ -140,7 +145,7 @@ def _run(args, overrides: dict) -> None:
     elif args.command == "export":
         from .export import export_merged
 
-        _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
+        _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir, args.overwrite)}/")
 
 
 def _load_any(path: str, overrides: dict) -> list:
@@ -165,7 +170,8 @@ def _tokenizer_before_training(recipe, recipes: list) -> str:
 
 def _prepare_output_dirs(recipes: list, args) -> None:
     """The pre-flight check of every stage before any loading; then `--overwrite_output_dir` clears earlier runs."""
-    preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir, check_lock=_is_main_process())
+    preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir, check_lock=_is_main_process(),
+              accept_changes=args.resume_accept_changes)
     if args.overwrite_output_dir and _is_main_process():
         for recipe in recipes:
             clear_earlier_run(recipe.training.output_dir)

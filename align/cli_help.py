@@ -101,6 +101,12 @@ class FieldsHelpAction(argparse.Action):
         parser.exit()
 
 
+def add_accept_changes_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--resume_accept_changes", action="store_true",
+                         help="with --resume: continue although the recipe changes what the checkpoint was trained "
+                              "with (data, seeds, model, batch shape, optimizer, schedule); run.json records both")
+
+
 def add_stage_command(commands, name: str) -> argparse.ArgumentParser:
     """The `sft`, `dpo` or `pipeline` subcommand, with the help that explains recipes and overrides."""
     what = {"sft": "run SFT from a recipe", "dpo": "run DPO from a recipe",
@@ -111,5 +117,6 @@ def add_stage_command(commands, name: str) -> argparse.ArgumentParser:
     command.add_argument("recipe", help="the YAML recipe" + (" (pipeline: sft, dpo, output_dir)"
                                                              if name == "pipeline" else ""))
     command.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    add_accept_changes_argument(command)
     command.add_argument("--help-fields", action=FieldsHelpAction, command=name)
     return command

@@ -67,5 +67,6 @@ def dpo_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_c
                             eval_dataset=eval_dataset, processing_class=tokenizer, peft_config=peft_config)
 
 
-def run_dpo(recipe: Recipe, resume: bool = False, require_checkpoint: bool = True):
-    return run_stage(recipe, dpo_trainer, resume, require_checkpoint)
+def run_dpo(recipe: Recipe, resume: bool = False, require_checkpoint: bool = True,
+            accept_changes: bool = False):
+    return run_stage(recipe, dpo_trainer, resume, require_checkpoint, accept_changes)

@@ -43,12 +43,16 @@ class ChatModel:
 
         from .checkpoints import CheckpointFileError
         from .preflight import path_problems
+        from .tokenizer import TOKENIZER_FILES, has_tokenizer
 
         if engine not in ENGINES:
             raise RecipeError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
         problems = path_problems("generate", model_dir, set(), ("config.json",))
         if problems:  # named here: transformers would blame a missing sentencepiece or try the hub
             raise CheckpointFileError(problems[0])
+        if not has_tokenizer(model_dir):
+            raise CheckpointFileError(f"{model_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) beside the model; "
+                                      "copy the tokenizer of the run it came from into it")
         # Left padding: in a batch every prompt then ends where its answer starts.
         tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         device = "cuda" if torch.cuda.is_available() else "cpu"  # the checkpoint's dtype, on the GPU where there is one

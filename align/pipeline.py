@@ -11,11 +11,11 @@ from .sft import run_sft
 logger = logging.getLogger(__name__)
 
 
-def run_pipeline(sft: Recipe, dpo: Recipe, resume: bool = False) -> tuple[Path, Path]:
+def run_pipeline(sft: Recipe, dpo: Recipe, resume: bool = False, accept_changes: bool = False) -> tuple[Path, Path]:
     """With `resume`, each stage continues from its last checkpoint when it has one (a finished stage then only
-    re-saves), so an interrupted pipeline picks up where it stopped."""
-    sft_dir = run_sft(sft, resume=resume, require_checkpoint=False)
-    dpo_dir = run_dpo(dpo, resume=resume, require_checkpoint=False)
+    re-saves), so an interrupted pipeline picks up where it stopped; `accept_changes`: `align.resume_changes`."""
+    sft_dir = run_sft(sft, resume=resume, require_checkpoint=False, accept_changes=accept_changes)
+    dpo_dir = run_dpo(dpo, resume=resume, require_checkpoint=False, accept_changes=accept_changes)
     return sft_dir, dpo_dir
 
 

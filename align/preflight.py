@@ -4,9 +4,11 @@ at once, so a bad value costs seconds instead of a data load or a whole training
 Values in range (learning rate, batch sizes, lengths, steps, beta, LoRA alpha and dropout; LoRA's rank is
 checked as the recipe is read), dtypes and attention implementations known, model and tokenizer paths that exist
 locally (with the files a saved model has, valid JSON, intact safetensors headers) or look like hub ids, data
-sources that exist, output directories that are writable, not in use by another run and not holding an earlier
-run (unless resuming or overwriting). `python -m align check
-RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run it first. Every problem is reported in one line.
+sources that exist with the splits they name (each once), the chat template (a known name, or Jinja that renders
+a sample conversation), output directories that are writable, not in use by another run and not holding an
+earlier run (unless resuming or overwriting), and on `--resume` a recipe that trains as the checkpoint was
+trained (`align.resume_changes`). `python -m align check RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run
+it first. Every problem is reported in one line.
 """
 
 import dataclasses
@@ -16,10 +18,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from .checkpoints import CheckpointFileError, check_safetensors
-from .data import DataError, source_location
-from .data.sources import HUB_ID
+from .chat_template import chat_template_problem
+from .checkpoints import CheckpointFileError, ResumeError, check_safetensors, checkpoint_to_resume
+from .data import DataError
+from .data.sources import HUB_ID, check_local_splits
 from .recipes import Recipe, RecipeError
+from .resume_changes import resume_changes, run_settings
 from .run_lock import OutputDirError, earlier_run_problem, output_dir_lock
 
 DTYPES = ("auto", "float32", "float16", "bfloat16", "float64")
@@ -31,20 +35,26 @@ class PreflightError(RecipeError):
     """A run cannot start; the message lists every problem found, each naming its file and key."""
 
 
-def preflight(recipes: list[Recipe], resume: bool = False, overwrite: bool = False, check_lock: bool = True) -> None:
+def preflight(recipes: list[Recipe], resume: bool = False, overwrite: bool = False, check_lock: bool = True,
+              accept_changes: bool = False) -> None:
     """Raise `PreflightError` listing every problem of these recipes (the stages of one command, in order).
     `check_lock` off: leave the output dirs' locks to the main process (the other processes of a launch would
-    find its lock taken)."""
-    problems, count = [], 0
+    find its lock taken). `accept_changes`: `--resume` may change what the checkpoints were trained with."""
+    problems = []
     if resume and overwrite:
-        problems, count = ["command line: --resume continues the run in the output dir, --overwrite_output_dir "
-                           "deletes it: choose one"], 1
+        problems.append("command line: --resume continues the run in the output dir, --overwrite_output_dir "
+                        "deletes it: choose one")
+    if accept_changes and not resume:
+        problems.append("command line: --resume_accept_changes goes with --resume")
+    count = len(problems)
     produced = set()  # output directories of earlier stages: a later stage may start from them
     for recipe in recipes:
         in_recipe = recipe_problems(recipe, produced)
         if in_recipe:
             problems.append(f"{recipe.path}: " + "; ".join(in_recipe))
         in_output = output_dir_problems(recipe.training.output_dir, resume, overwrite, check_lock)
+        if resume and not in_output:
+            in_output = resume_problems(recipe, accept_changes)
         problems += in_output
         count += len(in_recipe) + len(in_output)
         produced.add(os.path.normpath(recipe.training.output_dir))
@@ -53,8 +63,9 @@ def preflight(recipes: list[Recipe], resume: bool = False, overwrite: bool = Fal
 
 
 def recipe_problems(recipe: Recipe, produced: set[str] = frozenset()) -> list[str]:
+    template = chat_template_problem(recipe.tokenizer.chat_template)
     return [*training_problems(recipe.training), *model_problems(recipe, produced), *lora_problems(recipe.lora),
-            *data_problems(recipe)]
+            *([f"tokenizer.chat_template: {template}"] if template else []), *data_problems(recipe)]
 
 
 def training_problems(args) -> list[str]:
@@ -147,7 +158,7 @@ def data_problems(recipe: Recipe) -> list[str]:
     problems = []
     for index, source in enumerate(recipe.data.sources):
         try:
-            source_location(source)
+            check_local_splits(source)
         except DataError as error:
             problems.append(f"data.sources[{index}]: {error}")
     return problems
@@ -173,3 +184,14 @@ def output_dir_problems(output_dir: str, resume: bool, overwrite: bool, check_lo
         return [str(error)]
     problem = None if resume or overwrite else earlier_run_problem(output_dir)
     return [problem] if problem else []
+
+
+def resume_problems(recipe: Recipe, accept_changes: bool) -> list[str]:
+    """A resume whose recipe changes what its checkpoint was trained with, unless accepted."""
+    checkpoint = checkpoint_to_resume(recipe.training.output_dir, required=False)
+    try:
+        if checkpoint:
+            resume_changes(checkpoint, run_settings(recipe), accept_changes)
+    except ResumeError as error:
+        return [str(error)]
+    return []

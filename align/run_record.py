@@ -43,15 +43,20 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
 
 
-def run_record(recipe, data, resumed_from: str | None, started: float) -> dict:
-    """`data`: the stage's `PreparedData` (its counts, and where it was prepared)."""
+def run_record(recipe, data, resumed_from: str | None, started: float, settings: dict,
+               resume_changes: dict) -> dict:
+    """`data`: the stage's `PreparedData` (its counts, and where it was prepared); `settings`: the run's
+    (`align.resume_changes.run_settings`); `resume_changes`: the changed settings a resume accepted, each with
+    its recorded, new and used value."""
     return {
         "stage": recipe.stage,
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "resumed_from": resumed_from,
+        "resume_changes": resume_changes,
         "recipe": recipe.as_dict(),
+        "launch": settings["launch"],
         "data": data.report.as_dict(),
         "prepared_data": data.record(),
         "versions": package_versions(),

@@ -26,5 +26,6 @@ def sft_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_c
                             processing_class=tokenizer, peft_config=peft_config)
 
 
-def run_sft(recipe: Recipe, resume: bool = False, require_checkpoint: bool = True):
-    return run_stage(recipe, sft_trainer, resume, require_checkpoint)
+def run_sft(recipe: Recipe, resume: bool = False, require_checkpoint: bool = True,
+            accept_changes: bool = False):
+    return run_stage(recipe, sft_trainer, resume, require_checkpoint, accept_changes)

@@ -19,6 +19,7 @@ from .model_loading import build_model
 from .plots import plot_log_history
 from .quiet import silence_known_floods
 from .recipes import Recipe
+from .resume_changes import changes_record, describe, resume_changes, run_settings
 from .run_lock import claimed_output_dir
 from .run_logging import MetricsToTrainLog, writes_train_log
 from .run_record import run_record, write_json
@@ -44,19 +45,23 @@ class StopAtMaxStepsMixin:
 
 @writes_train_log
 def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False,
-              require_checkpoint: bool = True) -> Path:
+              require_checkpoint: bool = True, accept_changes: bool = False) -> Path:
     """`resume` continues from the newest complete `checkpoint-*` in the output dir (an error if there is none,
-    unless `require_checkpoint` is off: then the stage starts afresh). One run at a time per output dir."""
+    unless `require_checkpoint` is off: then the stage starts afresh), with the settings it recorded unless
+    `accept_changes` (`align.resume_changes`). One run at a time per output dir."""
     with claimed_output_dir(recipe.training, resume):
-        return _run_stage(recipe, make_trainer, resume, require_checkpoint)
+        return _run_stage(recipe, make_trainer, resume, require_checkpoint, accept_changes)
 
 
-def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, require_checkpoint: bool) -> Path:
+def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, require_checkpoint: bool,
+               accept_changes: bool) -> Path:
     started = time.time()
     args = recipe.training
     output_dir = Path(args.output_dir)
     resume_from = checkpoint_to_resume(args.output_dir, require_checkpoint) if resume else None
     resumed_step = checkpoint_step(resume_from) if resume_from else None  # read now: rotation may delete it later
+    settings = run_settings(recipe)
+    changes = resume_changes(resume_from, settings, accept_changes) if resume_from else {}
     set_seed(args.seed)
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
@@ -74,10 +79,12 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     silence_known_floods(args)
     trainer = make_trainer(args, model, tokenizer, data.train, eval_dataset, peft_config=peft_config)
     trainer.add_callback(MetricsToTrainLog())
+    trainer.use_run_settings(settings, changed_on_resume=bool(changes))
     if peft_config:
         stock_loadable(trainer.model)
     if resume_from:
-        logger.info("%s: resuming from %s", recipe.stage, resume_from)
+        logger.info("%s: resuming from %s%s", recipe.stage, resume_from,
+                    f", with changed settings (accepted): {describe(changes)}" if changes else "")
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))  # safetensors + config + generation config + tokenizer with chat template
     eval_metrics = trainer.evaluate() if eval_dataset is not None else None
@@ -86,7 +93,8 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
         if eval_metrics is not None:
             metrics["eval"] = eval_metrics
         write_json(output_dir / "metrics.json", metrics)
-        write_json(output_dir / "run.json", run_record(recipe, data, resume_from, started))
+        resumed = changes_record(changes, trainer.optimizer_in_use)
+        write_json(output_dir / "run.json", run_record(recipe, data, resume_from, started, settings, resumed))
         trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the whole log history
         plots = plot_log_history(trainer.state.log_history, output_dir, recipe.stage)
         logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json, trainer_state.json, train.log, %s)",

@@ -16,6 +16,15 @@ SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>",
 _CHAT_MARKERS = ("<|system|>\n", "<|user|>\n", "<|assistant|>\n")
 
 
+# What a saved tokenizer leaves in its directory (one of them); without either, transformers falls back on slow
+# converters and reports a missing sentencepiece or tiktoken instead of a missing tokenizer.
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+def has_tokenizer(directory: str | Path) -> bool:
+    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(name_or_path: str, chat_template: str = "zephyr"):
     from transformers import AutoTokenizer
 

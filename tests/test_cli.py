@@ -56,12 +56,14 @@ def test_stage_writes_records_and_resumes(tmp_path):
     assert run["data"]["sources"][0]["path"] == "data/samples/ultrachat" and "dropped" in run["data"]["totals"]
     assert run["versions"]["trl"] and run["versions"]["transformers"] and "commit" in run["git"]
 
-    assert main([*base, "--max_steps", "3", "--resume"]) == 0
+    assert main([*base, "--max_steps", "3", "--resume"]) == 2  # a longer schedule than the checkpoint's
+    assert main([*base, "--max_steps", "3", "--resume", "--resume_accept_changes"]) == 0
     log = (out / "train.log").read_text()  # transformers' warnings included
     assert log.count("sft: model random init") == 2 and "resuming from" in log  # the resume appended
     assert "missing keys" not in log  # the tied lm_head is not reported missing
     resumed = json.loads((out / "run.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-2")
+    assert resumed["resume_changes"] == {"training.max_steps": {"recorded": 2, "new": 3, "used": 3}}
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3]

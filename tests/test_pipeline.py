@@ -43,7 +43,7 @@ def test_resumed_pipeline_keeps_a_finished_sft_and_resumes_dpo(tmp_path):
     assert main([*argv, "--dpo.max_steps", "1"]) == 0  # as if stopped after DPO's first step
     sft_weights = load_file(tmp_path / "sft" / "model.safetensors")
 
-    assert main([*argv, "--dpo.max_steps", "2", "--resume"]) == 0
+    assert main([*argv, "--dpo.max_steps", "2", "--resume", "--resume_accept_changes"]) == 0
     assert sorted(path.name for path in (tmp_path / "sft").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     resaved = load_file(tmp_path / "sft" / "model.safetensors")
     assert all(resaved[name].equal(sft_weights[name]) for name in sft_weights)

@@ -98,6 +98,13 @@ def read_split(source: DataSource, split: str):
     return LocalSplit(str(path), [_open_file(file) for file in _local_split_files(path, split, source)])
 
 
+def check_local_splits(source: DataSource) -> None:
+    """`DataError` if a local source lacks a split it names or holds one twice; reads no file (a pre-flight check)."""
+    if source_location(source) == "local":
+        for split in filter(None, (source.train_split, source.test_split)):
+            _local_split_files(Path(source.path), split, source)
+
+
 def _load_hub_split(source: DataSource, split: str):
     import datasets  # looked up at call time, so tests can stand in for the hub
 
@@ -133,13 +140,28 @@ def _directory_splits(directory: Path, wanted: list[str]) -> dict[str, list[Path
             if (base / split).is_dir():
                 files += _data_files(base / split, recursive=True)
         if files:
-            found[split] = sorted(set(files))
+            found[split] = _one_format_each(directory, split, sorted(set(files)))
     files = _data_files(directory, recursive=True)
     if not found and files and not any(_looks_split_named(f, directory) for f in files):
-        found[wanted[0]] = files  # plain shards, no split names: the whole directory is the train split
+        # plain shards, no split names: the whole directory is the train split
+        found[wanted[0]] = _one_format_each(directory, wanted[0], files)
     elif not found:  # split-named files, but not the ones asked for: list what is there
         found = {_split_hint(f, directory): [f] for f in files}
     return found
+
+
+def _one_format_each(directory: Path, split: str, files: list[Path]) -> list[Path]:
+    """`files`, unless two of them are one shard in two formats (`train.jsonl` and `train.parquet`, here or under
+    `data/`): the split's rows would be read twice."""
+    seen = {}
+    for file in files:
+        parts = file.relative_to(directory).with_suffix("").parts
+        shard = parts[1:] if parts[0] == "data" and len(parts) > 1 else parts
+        if shard in seen:
+            raise DataError(str(directory), f"split '{split}' is in both {seen[shard]} and {file} (the same rows "
+                                            "twice?); keep one of them")
+        seen[shard] = file
+    return files
 
 
 _SPLIT_WORDS = re.compile(r"^(train|test|valid|validation|eval|dev)", re.IGNORECASE)
