@@ -5,6 +5,9 @@ merge is stock PEFT's (`merge_and_unload`), the output the transformers JetMoe f
 adapter's, which carries the chat template, else the base's).
 """
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -30,3 +33,16 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
     AutoTokenizer.from_pretrained(str(adapter_dir) if has_tokenizer else base_path).save_pretrained(out_dir)
     return out_dir
+
+
+@contextmanager
+def full_checkpoint(model_dir: str) -> Iterator[str]:
+    """A checkpoint (dir or hub id) as it is; a LoRA adapter dir merged into its base (`export_merged`), in a
+    temporary dir removed on leaving, so what is evaluated is the merged model."""
+    from .lora.stage_support import is_adapter_dir
+
+    if not is_adapter_dir(model_dir):
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="merged-adapter-") as merged:
+        yield str(export_merged(model_dir, merged))
