@@ -106,7 +106,7 @@ def _run(args, overrides: dict) -> None:
         sft_dir, dpo_dir = run_pipeline(*recipes, resume=args.resume)
         _say(summary(sft_dir, dpo_dir))
         if evaluation is not None and PartialState().is_main_process:
-            mt_bench.evaluate(str(dpo_dir), evaluation)
+            _evaluate_pipeline(recipes[0], sft_dir, dpo_dir, evaluation)
     elif args.command == "check":
         recipes = _load_any(args.recipe, overrides)
         preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir)
@@ -147,6 +147,16 @@ def _run(args, overrides: dict) -> None:
         from .export import export_merged
 
         _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir)}/")
+
+
+def _evaluate_pipeline(sft_recipe, sft_dir: Path, dpo_dir: Path, evaluation) -> None:
+    """MT-Bench on the DPO output; harness tasks on base -> SFT -> DPO, one table in `{output_dir}/harness`."""
+    if evaluation.mt_bench is not None:
+        mt_bench.evaluate(str(dpo_dir), evaluation.mt_bench)
+    if evaluation.harness is not None:
+        model = sft_recipe.model
+        base = [model.name_or_path] if model.init == "pretrained" and model.name_or_path else []
+        harness.evaluate_models([*base, str(sft_dir), str(dpo_dir)], evaluation.harness, sft_dir.parent / "harness")
 
 
 def _load_any(path: str, overrides: dict) -> list:

@@ -260,3 +260,35 @@ def test_the_table_puts_the_published_numbers_beside_the_card_tasks_in_percent(t
     text = markdown(table)
     assert "| MMLU | 5 | acc (%) | 40.0 | 50.0 | 49.2 |" in text
     assert "| HellaSwag | 0 | acc_norm (%) | 40.0 | 50.0 | - (card: 10-shot) |" in text
+
+
+def test_a_pipeline_eval_section_names_harness_tasks_beside_mt_bench(tmp_path, monkeypatch):
+    from align import cli
+    from align.evaluation.settings import MTBenchSettings
+    from align.recipes import RecipeError, load_pipeline, load_pipeline_eval
+
+    recipes = ROOT / "recipes" / "tiny"
+
+    def pipeline(evaluation: str) -> Path:
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(f"sft: {recipes / 'sft.yaml'}\ndpo: {recipes / 'dpo.yaml'}\noutput_dir: {tmp_path / 'run'}\n"
+                        f"eval: {evaluation}\n")
+        return path
+
+    flat = load_pipeline_eval(pipeline("{judge_model: gpt-4}"))  # MT-Bench's fields, as before
+    assert flat.mt_bench == MTBenchSettings(judge_model="gpt-4") and flat.harness is None
+    both = load_pipeline_eval(pipeline("{mt_bench: {per_category: 1}, harness: {tasks: [model_card], limit: 10}}"))
+    assert both.mt_bench.per_category == 1 and both.harness == HarnessSettings(tasks=["model_card"], limit=10)
+    with pytest.raises(RecipeError, match=r"eval.harness.tasks: .* \(expected list\)"):
+        load_pipeline_eval(pipeline("{harness: {tasks: mmlu}}"))
+    with pytest.raises(RecipeError, match=r"eval: with mt_bench: or harness: sections, .* \(found judge_model\)"):
+        load_pipeline_eval(pipeline("{judge_model: x, harness: {tasks: [mmlu]}}"))
+
+    # After training: the harness on SFT's pretrained base (when it has one), then the SFT and DPO outputs.
+    evaluated = []
+    monkeypatch.setattr(cli.harness, "evaluate_models", lambda models, settings, out: evaluated.append((models, out)))
+    path = pipeline("{harness: {tasks: [mmlu]}}")
+    sft, _ = load_pipeline(path, {"sft.model.init": "pretrained", "sft.model.name_or_path": "jetmoe/jetmoe-8b"})
+    cli._evaluate_pipeline(sft, tmp_path / "run" / "sft", tmp_path / "run" / "dpo", load_pipeline_eval(path))
+    assert evaluated == [(["jetmoe/jetmoe-8b", str(tmp_path / "run" / "sft"), str(tmp_path / "run" / "dpo")],
+                          tmp_path / "run" / "harness")]

@@ -38,7 +38,7 @@ class HarnessSettings:
     num_fewshot: int | None = None  # default: a preset's shots, else the task's own
     include_path: str | None = None  # a directory of task YAMLs (lm-eval's --include_path)
     limit: float | None = None  # documents per task: a count, or a fraction below 1 (a quick look, not a score)
-    batch_size: str = "32"  # requests a batch, or "auto"; ours packs a batch into one row of at most max_batch_tokens
+    batch_size: int | str = 32  # requests a batch, or "auto"; ours packs a batch into one row of at most max_batch_tokens
     max_batch_tokens: int = 32768  # engine jetmoe: tokens of one packed forward
     engine: str = "jetmoe"  # or "transformers": lm-eval's own `hf` model on transformers' JetMoeForCausalLM
     device: str | None = None  # default: cuda where there is one
@@ -60,3 +60,11 @@ class HarnessSettings:
             raise ValueError("num_fewshot must be 0 or more, limit above 0")
         if self.max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be at least 1")
+
+
+@dataclass
+class PipelineEval:
+    """A pipeline recipe's `eval:` section: what runs once the pipeline has trained its DPO output."""
+
+    mt_bench: MTBenchSettings | None = None  # on the DPO output
+    harness: HarnessSettings | None = None  # on the SFT's pretrained base (when it has one), SFT and DPO outputs
