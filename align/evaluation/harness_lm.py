@@ -46,11 +46,13 @@ class JetMoEAlignLM(HFLM):
                  max_batch_tokens: int = MAX_BATCH_TOKENS, **kwargs):  # fmt: skip
         """`pretrained`: a checkpoint dir or hub id (loaded into our model, on the GPU where there is one) or our
         model already loaded. `batch_size` (lm-eval's) caps the requests of one packed forward ("auto": no cap),
-        `max_batch_tokens` its tokens."""
+        `max_batch_tokens` its tokens. A checkpoint is loaded on our Triton experts where there is a GPU (the
+        PyTorch reference elsewhere), whatever backend it was trained with."""
         if isinstance(pretrained, str):
             tokenizer = tokenizer or pretrained
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            pretrained = JetMoEForCausalLM.from_pretrained(pretrained, dtype=dtype, device_map=device)
+            pretrained = JetMoEForCausalLM.from_pretrained(pretrained, dtype=dtype, device_map=device,
+                                                           moe_backend="auto")
         if tokenizer is None:
             raise ValueError("jetmoe-align: a loaded model needs its tokenizer (tokenizer=...)")
         with _quiet_construction():
