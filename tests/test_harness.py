@@ -86,6 +86,7 @@ def both_engines(model_dir, task_manager, tmp_path_factory):
     return out, paths
 
 
+@pytest.mark.slow  # both engines on three local tasks: ~20 s once for the module, on two cores
 def test_our_engine_and_lm_evals_hf_model_give_the_same_loglikelihoods_and_scores(both_engines, model_dir):
     out, _ = both_engines
     for task in TASKS:
@@ -115,6 +116,7 @@ def test_our_engine_and_lm_evals_hf_model_give_the_same_loglikelihoods_and_score
     assert _results(out / "jetmoe", model_dir, "tiny_mc")["acc,none"] > 0
 
 
+@pytest.mark.slow
 def test_the_results_table_and_chart_are_written(both_engines, model_dir):
     out, paths = both_engines
     assert [path.name for path in paths] == ["harness.md", "harness.json", "harness.png"]
@@ -129,6 +131,7 @@ def test_the_results_table_and_chart_are_written(both_engines, model_dir):
     assert record["align"]["engine"] == "jetmoe"
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_pairs_and_reruns_changed_ones(both_engines, model_dir, task_manager, monkeypatch):
     out, _ = both_engines
     out = out / "jetmoe"
@@ -153,6 +156,7 @@ def test_a_rerun_skips_finished_pairs_and_reruns_changed_ones(both_engines, mode
     assert not harness._finished(out, str(model_dir), "tiny_mc", HarnessSettings(tasks=TASKS, engine="transformers"))
 
 
+@pytest.mark.slow
 def test_a_lora_adapter_dir_evaluates_as_its_merged_model(model_dir, task_manager, both_engines, tmp_path):
     from transformers import AutoTokenizer
 
