@@ -13,7 +13,7 @@ RECIPE ?= recipes/tiny/pipeline.yaml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install deepspeed test test-oldest demo prepare sft dpo pipeline export eval bench clean
+.PHONY: install deepspeed test test-oldest demo prepare sft dpo pipeline export eval harness bench clean
 
 # $(call venv,DIR,PIP_ARGS): DIR gets a venv with torch, then the project (its dev extra) installed with PIP_ARGS.
 define venv
@@ -89,6 +89,16 @@ eval: install
 			--note "Judge: the stub (align.evaluation.stub_judge, rates by length). Not a real evaluation." \
 			$(EVAL_ARGS); status=$$?; kill $$stub; exit $$status; \
 	fi
+
+# make harness: lm-evaluation-harness on saved models, a column each in one table (runs/harness/harness.md, .png),
+# JetMoE-8B's published numbers beside them. TASKS: lm-eval task names or presets (model_card: the card's six,
+# fetched from the hub). Offline, the local tasks the tests use:
+#   make harness MODELS="runs/demo/sft runs/demo/dpo" TASKS=tiny_mc,tiny_gen HARNESS_ARGS="--include_path tests/fixtures/harness"
+MODELS ?= runs/demo/sft runs/demo/dpo
+TASKS ?= model_card
+HARNESS_ARGS ?=
+harness: install
+	$(PY) -m align eval harness $(MODELS) --tasks $(TASKS) $(HARNESS_ARGS)
 
 bench: install
 	$(PY) bench/bench_jetmoe.py $(ARGS)

@@ -15,6 +15,9 @@
     export ADAPTER_DIR OUT_DIR [--overwrite]            merge a LoRA adapter into its base: a full checkpoint
     eval mt-bench MODEL_DIR [--questions Q.jsonl] [--judge-url URL]
                                                         MT-Bench answers; with a judge, the score table and chart
+    eval harness MODEL_DIR [MODEL_DIR ...] --tasks model_card
+                                                        lm-evaluation-harness tasks (lm-eval's flags), one table
+                                                          with a column per model and the model card's numbers
 
 Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
 `--overwrite_output_dir` lets sft/dpo/pipeline replace an earlier run in the output dir (else refused);
@@ -32,7 +35,7 @@ from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 from .checkpoints import CheckpointFileError, ResumeError
 from .cli_help import add_accept_changes_argument, add_stage_command
 from .data import DataError
-from .evaluation import mt_bench
+from .evaluation import harness, mt_bench
 from .export import ExportError
 from .generate import __doc__ as generate_doc
 from .generate import add_generate_arguments, run_generate
@@ -70,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     benchmarks = evaluate.add_subparsers(dest="benchmark", required=True)
     mt_bench.add_arguments(benchmarks.add_parser("mt-bench", help="MT-Bench answers, judging, score table, chart",
                                                  description=mt_bench.__doc__))
+    harness.add_arguments(benchmarks.add_parser("harness", help="lm-evaluation-harness tasks on one or more models, "
+                                                "one table", description=harness.__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter))
     generate = commands.add_parser("generate", description=generate_doc, help="answer with a saved chat model: a "
                                    "question, a chat (--chat) or a file of prompts (--prompts)",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +110,7 @@ def _run(args, overrides: dict) -> None:
         sft_dir, dpo_dir = run_pipeline(*recipes, resume=args.resume, accept_changes=args.resume_accept_changes)
         _say(summary(sft_dir, dpo_dir))
         if evaluation is not None and PartialState().is_main_process:
-            mt_bench.evaluate(str(dpo_dir), evaluation)
+            _evaluate_pipeline(recipes[0], sft_dir, dpo_dir, evaluation)
     elif args.command == "check":
         recipes = _load_any(args.recipe, overrides)
         preflight(recipes, resume=args.resume, overwrite=args.overwrite_output_dir,
@@ -141,11 +147,21 @@ def _run(args, overrides: dict) -> None:
     elif args.command == "generate":
         run_generate(args)
     elif args.command == "eval":
-        mt_bench.run(args)
+        {"mt-bench": mt_bench, "harness": harness}[args.benchmark].run(args)
     elif args.command == "export":
         from .export import export_merged
 
         _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir, args.overwrite)}/")
+
+
+def _evaluate_pipeline(sft_recipe, sft_dir: Path, dpo_dir: Path, evaluation) -> None:
+    """MT-Bench on the DPO output; harness tasks on base -> SFT -> DPO, one table in `{output_dir}/harness`."""
+    if evaluation.mt_bench is not None:
+        mt_bench.evaluate(str(dpo_dir), evaluation.mt_bench)
+    if evaluation.harness is not None:
+        model = sft_recipe.model
+        base = [model.name_or_path] if model.init == "pretrained" and model.name_or_path else []
+        harness.evaluate_models([*base, str(sft_dir), str(dpo_dir)], evaluation.harness, sft_dir.parent / "harness")
 
 
 def _load_any(path: str, overrides: dict) -> list:

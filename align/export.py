@@ -13,6 +13,8 @@ export leaves the target as it was.
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -84,3 +86,16 @@ def _replace(out_dir: Path, staged: Path) -> None:
     if out_dir.exists() or out_dir.is_symlink():
         out_dir.unlink()
     staged.rename(out_dir)
+
+
+@contextmanager
+def full_checkpoint(model_dir: str) -> Iterator[str]:
+    """A checkpoint (dir or hub id) as it is; a LoRA adapter dir merged into its base (`export_merged`), in a
+    temporary dir removed on leaving, so what is evaluated is the merged model."""
+    from .lora.stage_support import is_adapter_dir
+
+    if not is_adapter_dir(model_dir):
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="merged-adapter-") as merged:
+        yield str(export_merged(model_dir, merged))

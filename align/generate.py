@@ -107,17 +107,10 @@ class ChatModel:
 def load_chat_model(model_dir: str, engine: str = "jetmoe") -> ChatModel:
     """A full checkpoint as it is; a LoRA adapter dir merged into its base first (`align export`, into a
     temporary dir removed once loaded)."""
-    import tempfile
+    from .export import full_checkpoint
 
-    from .lora.stage_support import is_adapter_dir
-
-    if not is_adapter_dir(model_dir):
-        return ChatModel(model_dir, engine)
-    from .export import export_merged
-
-    with tempfile.TemporaryDirectory(prefix="merged-adapter-") as merged:
-        export_merged(model_dir, merged)
-        return ChatModel(merged, engine)
+    with full_checkpoint(model_dir) as checkpoint:
+        return ChatModel(checkpoint, engine)
 
 
 def opening(system: str | None) -> list[dict]:

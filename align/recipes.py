@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 
 from .data import DataMixture, DataSource
-from .evaluation.settings import MTBenchSettings
+from .evaluation.settings import HarnessSettings, MTBenchSettings, PipelineEval
 from .lora.arguments import LoraArguments
 
 STAGES = ("sft", "dpo")
@@ -99,7 +99,7 @@ class PipelineRecipe:
     sft: str
     dpo: str
     output_dir: str
-    eval: dict | None = None  # optional: MT-Bench on the DPO output (align.evaluation.settings.MTBenchSettings)
+    eval: dict | None = None  # optional: MT-Bench on the DPO output, lm-eval harness tasks (load_pipeline_eval)
 
 
 def training_config_class(stage: str):
@@ -317,10 +317,23 @@ def load_pipeline(path: str | Path, overrides: dict | None = None) -> tuple[Reci
     return recipes[0], recipes[1]
 
 
-def load_pipeline_eval(path: str | Path) -> MTBenchSettings | None:
-    """The pipeline's `eval:` section, checked before anything trains; None without one."""
+def load_pipeline_eval(path: str | Path) -> PipelineEval | None:
+    """The pipeline's `eval:` section, checked before anything trains; None without one. MT-Bench's fields (as
+    before), or `mt_bench:` and/or `harness:` sections (`HarnessSettings`: lm-eval tasks on base, SFT and DPO)."""
     section = _build(PipelineRecipe, read_yaml(path), str(path)).eval
-    return None if section is None else _build(MTBenchSettings, section, f"{path}: eval")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or not {"mt_bench", "harness"} & set(section):
+        return PipelineEval(mt_bench=_build(MTBenchSettings, section, f"{path}: eval"))
+    extra = sorted(set(section) - {"mt_bench", "harness"})
+    if extra:
+        raise RecipeError(f"{path}: eval: with mt_bench: or harness: sections, MT-Bench's fields go under mt_bench: "
+                          f"(found {', '.join(extra)})")
+    mt_bench, harness = section.get("mt_bench"), section.get("harness")
+    return PipelineEval(
+        mt_bench=None if mt_bench is None else _build(MTBenchSettings, mt_bench, f"{path}: eval.mt_bench"),
+        harness=None if harness is None else _build(HarnessSettings, harness, f"{path}: eval.harness"),
+    )
 
 
 def section_classes(stage: str) -> dict[str, type]:
