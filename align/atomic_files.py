@@ -35,10 +35,15 @@ def fsync_tree(directory: Path) -> None:
             fsync_path(Path(root) / name)
 
 
+def temporary_path(path: Path) -> Path:
+    """Where `write_atomically` writes `path` first: hidden, beside it, this process's own."""
+    return path.with_name(f".{path.name}.{STAGING_PREFIX}{os.getpid()}")
+
+
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     """`write(temporary_path)`, then make the result `path` in one step."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{STAGING_PREFIX}{os.getpid()}")
+    temporary = temporary_path(path)
     try:
         with out_of_space_named(path):
             write(temporary)

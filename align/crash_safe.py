@@ -58,6 +58,10 @@ class CrashSafeCheckpointsMixin:
                 super()._save_checkpoint(model, trial)  # into staging/checkpoint-N; its rotation sees only that one
                 if self.args.should_save:
                     self._finish_staged_state(staging / name, run_dir / name)
+        except Exception:
+            if self.args.should_save:  # what the failed save wrote (a full disk: the space it took) goes
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         finally:
             self._staging = None
         self.accelerator.wait_for_everyone()  # every rank's shards are in before the rename
