@@ -90,6 +90,27 @@ def test_a_nan_loss_stops_the_pipeline_before_dpo(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "dpo").exists()
 
 
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A random-init model with the tiny tokenizer, for DPO to start from."""
+    out = tmp_path_factory.mktemp("base")
+    assert main(["init-tiny", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, recipe", [("sft", "sft_lora"), ("dpo", "dpo"), ("dpo", "dpo_lora")])
+def test_a_nan_loss_stops_lora_and_dpo_stages_too(stage, recipe, base, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(RouterLossMixin, "compute_loss", nan_loss_at({2}))
+    start = ["--model.name_or_path", str(base)] if stage == "dpo" else []
+    assert main([stage, f"recipes/tiny/{recipe}.yaml", *start, "--max_steps", "3", "--output_dir", str(tmp_path),
+                 *SAVE_EACH_STEP]) == 3
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: step 2: loss is NaN (guard.nonfinite: stop): training stopped")
+    assert checkpoint_names(tmp_path) == ["checkpoint-1"]
+    assert not list(tmp_path.glob("*.safetensors"))  # neither a model nor an adapter
+
+
 @pytest.mark.slow
 def test_skip_mode_skips_the_update_counts_it_and_stops_past_the_limit(tmp_path, monkeypatch, capsys):
     """NaN at steps 2 and 4 with at most 1 skip: step 2 skipped, step 3 trains, step 4 stops the run. Resumed with
