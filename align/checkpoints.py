@@ -9,19 +9,22 @@ copy cut short, a full disk, an older version of this code), and falls back to t
 
 import json
 import logging
-import os
 import re
 import shutil
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 from safetensors import SafetensorError, safe_open
+
+from .atomic_files import STAGING_PREFIX, fsync_path, fsync_tree, json_text
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-STAGING_PREFIX = "tmp-"
-LOSS_TALLY = "loss_tally.json"  # the summed training loss of every step up to this checkpoint (whole-run metrics)
+# The summed training loss of every step up to this checkpoint, and how many steps were skipped for a non-finite
+# loss or gradient (`guard.nonfinite: skip`): whole-run metrics that survive a resume.
+LOSS_TALLY = "loss_tally.json"
 
 
 class ResumeError(ValueError):
@@ -100,21 +103,11 @@ def staging_dir(output_dir: str | Path, step: int) -> Path:
 
 def publish(staged: Path, final: Path) -> None:
     """Flush every file of `staged` to disk, then rename it to `final` in one step (replacing a damaged one)."""
-    for root, _, files in os.walk(staged):
-        for name in files:
-            _fsync(Path(root) / name)
+    fsync_tree(staged)
     if final.exists():
         shutil.rmtree(final)
     staged.rename(final)
-    _fsync(final.parent)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_path(final.parent)
 
 
 def rotate(output_dir: str | Path, limit: int | None, keep: set[Path]) -> None:
@@ -135,11 +128,21 @@ def rotate(output_dir: str | Path, limit: int | None, keep: set[Path]) -> None:
             excess -= 1
 
 
-def read_loss_tally(checkpoint: str | Path) -> float | None:
-    """The training loss summed over every step up to `checkpoint`, if it recorded one."""
+class LossTally(NamedTuple):
+    loss_sum: float  # over the steps that trained
+    skipped_steps: int = 0  # steps whose update was skipped: they count in global_step, not in the mean loss
+
+
+def read_loss_tally(checkpoint: str | Path) -> LossTally | None:
+    """The whole-run loss tally up to `checkpoint`, if it recorded one."""
     path = Path(checkpoint) / LOSS_TALLY
-    return json.loads(path.read_text())["loss_sum"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    tally = json.loads(path.read_text())
+    return LossTally(float(tally["loss_sum"]), tally.get("skipped_steps", 0))
 
 
-def write_loss_tally(checkpoint: Path, step: int, loss_sum: float) -> None:
-    (checkpoint / LOSS_TALLY).write_text(json.dumps({"global_step": step, "loss_sum": loss_sum}) + "\n")
+def write_loss_tally(checkpoint: Path, step: int, tally: LossTally) -> None:
+    """Into a staged checkpoint (published whole, so no write of its own needs to be atomic)."""
+    content = {"global_step": step, "loss_sum": tally.loss_sum, "skipped_steps": tally.skipped_steps}
+    (checkpoint / LOSS_TALLY).write_text(json_text(content) + "\n")

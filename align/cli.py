@@ -19,7 +19,9 @@
                                                         lm-evaluation-harness tasks (lm-eval's flags), one table
                                                           with a column per model and the model card's numbers
 
-Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2.
+Mistakes in recipes, data or arguments end with one line naming the file, key or row, and exit status 2; so does
+a full disk (the line names the path). A NaN or infinite loss or gradient stops training with exit status 3,
+SIGTERM with 143 after saving a checkpoint (docs/pipeline.md, "What survives what").
 `--overwrite_output_dir` lets sft/dpo/pipeline replace an earlier run in the output dir (else refused);
 `--resume_accept_changes` lets `--resume` continue with a recipe that changes what the checkpoint was trained with.
 """
@@ -35,16 +37,20 @@ from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 from .checkpoints import CheckpointFileError, ResumeError
 from .cli_help import add_accept_changes_argument, add_stage_command
 from .data import DataError
+from .disk_full import disk_full_line
 from .evaluation import harness, mt_bench
 from .export import ExportError
 from .generate import __doc__ as generate_doc
 from .generate import add_generate_arguments, run_generate
+from .nonfinite import NonFiniteError
+from .preemption import Preempted
 from .preflight import preflight
 from .recipes import RecipeError, load_pipeline, load_pipeline_eval, load_recipe, parse_overrides, read_yaml
 from .run_lock import OutputDirError, clear_earlier_run
 
 USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, CheckpointFileError, OutputDirError,
                JetMoECheckpointError, JetMoEInputError, OSError)
+STOPPED = (NonFiniteError, Preempted)  # training stopped on purpose: each says why, with its own exit status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         if extra and args.command not in ("sft", "dpo", "pipeline", "init-tiny", "check", "prepare"):
             raise RecipeError(f"command line: unexpected arguments {' '.join(extra)}")
         _run(args, parse_overrides(extra))
-    except USER_ERRORS as error:
-        print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+    except STOPPED as stop:
+        print(f"{'stopped' if isinstance(stop, Preempted) else 'error'}: {stop}", file=sys.stderr)
+        return stop.EXIT_STATUS
+    except Exception as error:
+        full_disk = disk_full_line(error)  # anywhere: data preparation and libraries' own files included
+        if full_disk is None and not isinstance(error, USER_ERRORS):
+            raise
+        print(f"error: {full_disk or str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     return 0

@@ -16,7 +16,8 @@ recipe sections (YAML):
   tokenizer:  name_or_path (default: the model's), chat_template (default: zephyr)
   data:       the mixture: kind (sft | preference), sources [{path, train_split, test_split, weight}], seed, ...
   training:   trl.SFTConfig / trl.DPOConfig fields under TRL's own names
-  lora:       optional: train LoRA adapters instead of the whole model (docs/lora.md)"""
+  lora:       optional: train LoRA adapters instead of the whole model (docs/lora.md)
+  guard:      optional: nonfinite (stop | skip), max_skipped_steps, sigterm_grace (docs/pipeline.md)"""
 
 OVERRIDES = """\
 overrides: any recipe field after the recipe, --key value or --key=value (a bare --flag means true):

@@ -26,7 +26,7 @@ def summary(sft_dir: Path, dpo_dir: Path) -> str:
                                   ("DPO", dpo_dir, ("train_loss", "eval_rewards/accuracies", "eval_rewards/margins"))):
         metrics = json.loads((directory / "metrics.json").read_text())
         flat = {**metrics.get("train", {}), **metrics.get("eval", {})}
-        shown = ", ".join(f"{key} {flat[key]:.4g}" for key in keys if key in flat)
+        shown = ", ".join(f"{key} {float(flat[key]):.4g}" for key in keys if key in flat)  # "NaN" is NaN
         lines.append(f"  {name}: {directory}/  ({shown}; metrics.json, run.json)")
         plots = ", ".join(sorted(path.name for path in directory.glob("*.png")))
         lines.append(f"       plots: {plots or 'none'}; logs: train.log, trainer_state.json")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from .atomic_files import write_atomically
+
 # file name: (title, the metrics it shows, under the names the trainers log them)
 PLOTS = {
     "loss.png": ("loss", ("loss",)),
@@ -18,8 +20,8 @@ PLOTS = {
 
 
 def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """The (steps, values) at which `key` was logged."""
-    points = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
+    """The (steps, values) at which `key` was logged (a non-finite value read back from JSON is a string: "NaN")."""
+    points = [(entry["step"], float(entry[key])) for entry in log_history if key in entry and "step" in entry]
     return [step for step, _ in points], [value for _, value in points]
 
 
@@ -41,6 +43,6 @@ def plot_log_history(log_history: list[dict], output_dir: str | Path, stage: str
         axes.grid(alpha=0.3)
         axes.legend()
         path = Path(output_dir) / name
-        figure.savefig(path)
+        write_atomically(path, lambda temporary: figure.savefig(temporary, format="png"))
         written.append(path)
     return written

@@ -7,6 +7,7 @@ A stage recipe has four sections:
     data:       align.data.DataMixture (the sources to mix)
     training:   trl.SFTConfig or trl.DPOConfig fields, under TRL's own names
     lora:       align.lora.arguments.LoraArguments (optional: when present, the stage trains LoRA adapters)
+    guard:      align.guard_args.GuardArgs (optional: non-finite loss or gradient, SIGTERM)
 
 Overrides use TRL's names for training fields (`--output_dir X --max_steps 3`) and `section.field` for the
 others (`--model.moe_backend torch`, `--data.seed 1`). Unknown keys, in a file or on the command line, are errors
@@ -26,10 +27,11 @@ import yaml
 
 from .data import DataMixture, DataSource
 from .evaluation.settings import HarnessSettings, MTBenchSettings, PipelineEval
+from .guard_args import GuardArgs
 from .lora.arguments import LoraArguments
 
 STAGES = ("sft", "dpo")
-SECTIONS = ("model", "tokenizer", "data", "training", "lora")
+SECTIONS = ("model", "tokenizer", "data", "training", "lora", "guard")
 # The tracker a recipe reports to unless its training section says otherwise (`report_to: none`, `wandb`, ...):
 # TensorBoard event files under {output_dir}/runs/.
 DEFAULT_REPORT_TO = "tensorboard"
@@ -73,6 +75,7 @@ class Recipe:
     data: DataMixture
     training: Any  # trl.SFTConfig | trl.DPOConfig
     lora: LoraArguments | None = None
+    guard: GuardArgs = field(default_factory=GuardArgs)
 
     @property
     def tokenizer_name_or_path(self) -> str:
@@ -88,6 +91,7 @@ class Recipe:
             "data": dataclasses.asdict(self.data),
             "training": self.training.to_dict(),
             "lora": dataclasses.asdict(self.lora) if self.lora else None,
+            "guard": dataclasses.asdict(self.guard),
         }
 
 
@@ -269,7 +273,7 @@ def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> 
     defaults = {"training": {"report_to": DEFAULT_REPORT_TO}}
     problems, built = [], {}
     for name, cls in (("model", ModelArgs), ("tokenizer", TokenizerArgs), ("data", DataMixture),
-                      ("training", config_class), ("lora", LoraArguments)):
+                      ("training", config_class), ("lora", LoraArguments), ("guard", GuardArgs)):
         if name == "lora" and "lora" not in sections:
             continue
         try:
@@ -339,7 +343,7 @@ def load_pipeline_eval(path: str | Path) -> PipelineEval | None:
 def section_classes(stage: str) -> dict[str, type]:
     """The dataclass each section of a stage recipe is read into."""
     return {"model": ModelArgs, "tokenizer": TokenizerArgs, "data": DataMixture,
-            "training": training_config_class(stage), "lora": LoraArguments}
+            "training": training_config_class(stage), "lora": LoraArguments, "guard": GuardArgs}
 
 
 def override_keys(stage: str) -> list[str]:

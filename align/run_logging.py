@@ -3,12 +3,13 @@ TRL's log records, every metrics entry the trainer logs), timestamped, so the ru
 is gone. A resumed stage appends to the same file."""
 
 import functools
-import json
 import logging
 from pathlib import Path
 
 from accelerate import PartialState
 from transformers import TrainerCallback
+
+from .atomic_files import json_text
 
 TRAIN_LOG = "train.log"
 # Lines for the file only: the console already shows the trainer's metrics entries (transformers' progress bar)
@@ -59,4 +60,4 @@ class MetricsToTrainLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            file_only_logger.info("step %d: %s", state.global_step, json.dumps(logs))
+            file_only_logger.info("step %d: %s", state.global_step, json_text(logs))

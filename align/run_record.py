@@ -1,7 +1,6 @@
 """What a stage leaves next to its checkpoint: `metrics.json` (final train/eval metrics) and `run.json` (how the
 run was made: the resolved recipe, data counts, package versions, git commit), so any output can be traced back."""
 
-import json
 import platform
 import subprocess
 import sys
@@ -37,10 +36,6 @@ def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
     if commit.returncode != 0:
         return {"commit": None, "dirty": None}
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
-def write_json(path: Path, content: dict) -> None:
-    path.write_text(json.dumps(content, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
 
 
 def run_record(recipe, data, resumed_from: str | None, started: float, settings: dict,

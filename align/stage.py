@@ -1,6 +1,10 @@
 """One training stage, whichever the trainer: load tokenizer, model and data; train (or resume); save the checkpoint
-with its tokenizer; write metrics.json and run.json. `sft.py` and `dpo.py` only say how to build their trainer."""
+with its tokenizer; write metrics.json and run.json. `sft.py` and `dpo.py` only say how to build their trainer.
 
+Every file is written atomically (`align.atomic_files`): a failure, a full disk included, leaves the old file or
+none, and `--resume` then re-saves them all from the last checkpoint."""
+
+import dataclasses
 import json
 import logging
 import time
@@ -10,7 +14,8 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import TrainOutput
 
-from .checkpoints import checkpoint_step, checkpoint_to_resume
+from .atomic_files import staged_directory, write_json_atomically
+from .checkpoints import checkpoint_step, checkpoint_to_resume, read_loss_tally
 from .data.prepare import PreparedData, TrainerShape, prepare_data
 from .distributed import prepare_for_sharding
 from .lora.config import jetmoe_lora_config
@@ -22,7 +27,7 @@ from .recipes import Recipe
 from .resume_changes import changes_record, describe, resume_changes, run_settings
 from .run_lock import claimed_output_dir
 from .run_logging import MetricsToTrainLog, writes_train_log
-from .run_record import run_record, write_json
+from .run_record import run_record
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     resumed_step = checkpoint_step(resume_from) if resume_from else None  # read now: rotation may delete it later
     settings = run_settings(recipe)
     changes = resume_changes(resume_from, settings, accept_changes) if resume_from else {}
+    resumed_tally = read_loss_tally(resume_from) if resume_from else None
     set_seed(args.seed)
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
@@ -80,22 +86,24 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     trainer = make_trainer(args, model, tokenizer, data.train, eval_dataset, peft_config=peft_config)
     trainer.add_callback(MetricsToTrainLog())
     trainer.use_run_settings(settings, changed_on_resume=bool(changes))
+    trainer.guard = recipe.guard
     if peft_config:
         stock_loadable(trainer.model)
     if resume_from:
         logger.info("%s: resuming from %s%s", recipe.stage, resume_from,
                     f", with changed settings (accepted): {describe(changes)}" if changes else "")
     result = trainer.train(resume_from_checkpoint=resume_from)
-    trainer.save_model(str(output_dir))  # safetensors + config + generation config + tokenizer with chat template
+    save_final_model(trainer, output_dir)
     eval_metrics = trainer.evaluate() if eval_dataset is not None else None
     if trainer.is_world_process_zero():
-        metrics = {"train": train_metrics(result, resumed_step, output_dir)}
+        metrics = {"train": train_metrics(result, resumed_step, resumed_tally is not None, output_dir)}
         if eval_metrics is not None:
             metrics["eval"] = eval_metrics
-        write_json(output_dir / "metrics.json", metrics)
+        write_json_atomically(output_dir / "metrics.json", metrics)
         resumed = changes_record(changes, trainer.optimizer_in_use)
-        write_json(output_dir / "run.json", run_record(recipe, data, resume_from, started, settings, resumed))
-        trainer.state.save_to_json(str(output_dir / "trainer_state.json"))  # the whole log history
+        record = run_record(recipe, data, resume_from, started, settings, resumed)
+        write_json_atomically(output_dir / "run.json", record)
+        write_json_atomically(output_dir / "trainer_state.json", dataclasses.asdict(trainer.state))  # log history
         plots = plot_log_history(trainer.state.log_history, output_dir, recipe.stage)
         logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json, trainer_state.json, train.log, %s)",
                     recipe.stage, output_dir, ", ".join(path.name for path in plots))
@@ -103,17 +111,31 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     return output_dir
 
 
+def save_final_model(trainer, output_dir: Path) -> None:
+    """Safetensors + config + generation config + tokenizer with its chat template (or the LoRA adapter), each
+    file replacing its namesake in one step; never from weights holding a NaN."""
+    trainer.assert_finite_weights("the stage's output")
+    with staged_directory(output_dir, is_writer=trainer.args.should_save,
+                          barrier=trainer.accelerator.wait_for_everyone) as staging:
+        trainer.save_model(str(staging))
+
+
 def prepare_stage_data(recipe: Recipe, tokenizer) -> PreparedData:
     """The stage's data as its trainer takes it, prepared once and shared (`align.data.prepare`)."""
     return prepare_data(recipe.data, tokenizer, TrainerShape.from_args(recipe.training, recipe.data.kind))
 
 
-def train_metrics(result: TrainOutput, resumed_step: int | None, output_dir: Path) -> dict:
+def train_metrics(result: TrainOutput, resumed_step: int | None, tallied: bool, output_dir: Path) -> dict:
     """A resumed run that had already finished trains no step: it keeps the train metrics of the run that trained
-    (when that run got as far as writing them)."""
+    (when that run got as far as writing them), or else the whole-run `train_loss` of its checkpoint's loss tally
+    (`tallied`; e.g. after a full disk cut the final writes short)."""
     if resumed_step is None or result.global_step > resumed_step:
         return result.metrics
     previous = output_dir / "metrics.json"
-    if previous.is_file():
+    try:
         return json.loads(previous.read_text())["train"]
-    return {key: value for key, value in result.metrics.items() if key != "train_loss"}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as error:  # damaged by an older version (a 0-byte file)
+        logger.warning("%s: unreadable (%s): written afresh", previous, error)
+    return {key: value for key, value in result.metrics.items() if tallied or key != "train_loss"}

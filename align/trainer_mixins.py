@@ -1,15 +1,17 @@
-"""What our SFT and DPO trainers add to TRL's, in one place: checkpoints that survive a kill and record the run's
-settings, accepted recipe changes applied on resume, no extra step after a finished resume, no tied-weight noise on
-resume, JetMoE's router losses, token-balanced micro-batches."""
+"""What our SFT and DPO trainers add to TRL's, in one place: a stop (or a skipped step) on a non-finite loss and a
+checkpoint on SIGTERM, checkpoints that survive a kill and record the run's settings, accepted recipe changes
+applied on resume, no extra step after a finished resume, no tied-weight noise on resume, JetMoE's router
+losses, token-balanced micro-batches."""
 
 from .crash_safe import CrashSafeCheckpointsMixin
 from .resume_trainer import ResumeSettingsMixin
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin
+from .step_guard import StepGuardMixin
 from .tied_weights import TiedWeightsResumeMixin
 from .token_batches import TokenBalancedBatchesMixin
 
 
-class JetMoETrainerMixin(ResumeSettingsMixin, CrashSafeCheckpointsMixin, StopAtMaxStepsMixin, TiedWeightsResumeMixin,
-                         RouterLossMixin, TokenBalancedBatchesMixin):
+class JetMoETrainerMixin(StepGuardMixin, ResumeSettingsMixin, CrashSafeCheckpointsMixin, StopAtMaxStepsMixin,
+                         TiedWeightsResumeMixin, RouterLossMixin, TokenBalancedBatchesMixin):
     """Mix in before a TRL trainer: `class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer)`."""

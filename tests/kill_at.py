@@ -1,9 +1,13 @@
-"""Run `python -m align ...` and SIGKILL the process at a chosen point, as a pre-emption or OOM kill would.
+"""Run `python -m align ...` and SIGKILL the process at a chosen point, as a pre-emption or OOM kill would, or
+send it SIGTERM, as a scheduler does first.
 
     python tests/kill_at.py step N -- sft RECIPE ...   killed as step N+1 begins (checkpoint-N is complete)
     python tests/kill_at.py save N -- sft RECIPE ...   killed inside the save of checkpoint-N (weights written,
                                                        trainer state not yet)
-Used by tests/test_crash_safety.py; the kill points are patched in here, none lives in the package.
+    python tests/kill_at.py term N -- sft RECIPE ...   SIGTERM as step N begins (the run saves checkpoint-N), to
+                                                       the last process of a launch only
+Used by tests/test_crash_safety.py and tests/test_sigterm.py; the kill points are patched in here, none lives in
+the package.
 """
 
 import os
@@ -18,7 +22,18 @@ def kill() -> None:
 
 
 def kill_when(point: str, step: int) -> None:
-    if point == "step":
+    if point == "term":
+        training_step = Trainer.training_step
+
+        def training_step_after_sigterm(self, *args, **kwargs):
+            last = self.accelerator.process_index == self.accelerator.num_processes - 1
+            if last and self.state.global_step == step - 1 and not getattr(self, "_sigterm_sent", False):
+                self._sigterm_sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+            return training_step(self, *args, **kwargs)
+
+        Trainer.training_step = training_step_after_sigterm
+    elif point == "step":
         training_step = Trainer.training_step
 
         def training_step_then_kill(self, *args, **kwargs):
@@ -40,7 +55,7 @@ def kill_when(point: str, step: int) -> None:
 
 if __name__ == "__main__":
     point, step, separator, *argv = sys.argv[1:]
-    assert point in ("step", "save") and separator == "--", sys.argv
+    assert point in ("step", "save", "term") and separator == "--", sys.argv
     kill_when(point, int(step))
     from align.cli import main
 

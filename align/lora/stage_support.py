@@ -10,10 +10,13 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from accelerate import PartialState
 from peft import PeftConfig, PeftModel
 from torch import nn
 
 from jetmoe_model import JetMoEForCausalLM
+
+from ..atomic_files import staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +58,10 @@ def lora_base_model(model_args, tokenizer, output_dir: str | Path, seed: int, de
         if model_args.init != "random":
             return model
     base_dir = str(Path(output_dir) / "base")
-    model.save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
+    state = PartialState()
+    with staged_directory(base_dir, is_writer=state.is_main_process, barrier=state.wait_for_everyone) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     logger.info("LoRA base, named by the adapter: %s", base_dir)
     model.name_or_path = model.config._name_or_path = base_dir  # what PEFT records as base_model_name_or_path
     return model
