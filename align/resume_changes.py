@@ -41,8 +41,8 @@ ALLOWED_ON_RESUME = (
     "training.dataloader_multiprocessing_context", "training.local_rank", "training.ddp_timeout",
     "model.moe_backend", "model.attn_implementation", "training.activation_checkpointing*",
     "training.gradient_checkpointing*",
-    # how long a pre-empted run may take to save: not what it trains
-    "guard.sigterm_grace",
+    # when a run stops (a non-finite step, a pre-emption's grace): raising the skip limit is how a stopped run goes on
+    "guard.*",
 )
 
 UNSET = object()  # a key one of the compared settings does not have
