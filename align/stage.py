@@ -22,6 +22,7 @@ from .recipes import Recipe
 from .run_lock import claimed_output_dir
 from .run_logging import MetricsToTrainLog, writes_train_log
 from .run_record import run_record, write_json
+from .stage_engines import fresh_engine_state, release_engines
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     output_dir = Path(args.output_dir)
     resume_from = checkpoint_to_resume(args.output_dir, require_checkpoint) if resume else None
     resumed_step = checkpoint_step(resume_from) if resume_from else None  # read now: rotation may delete it later
+    fresh_engine_state(args)  # a pipeline's second stage: not the first stage's engine
     set_seed(args.seed)
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
@@ -92,6 +94,7 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
         logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json, trainer_state.json, train.log, %s)",
                     recipe.stage, output_dir, ", ".join(path.name for path in plots))
     trainer.accelerator.wait_for_everyone()  # other ranks read these files next (DPO's start, the summary)
+    release_engines(trainer)
     return output_dir
 
 
