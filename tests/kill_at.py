@@ -3,6 +3,9 @@
     python tests/kill_at.py step N -- sft RECIPE ...   killed as step N+1 begins (checkpoint-N is complete)
     python tests/kill_at.py save N -- sft RECIPE ...   killed inside the save of checkpoint-N (weights written,
                                                        trainer state not yet)
+    python tests/kill_at.py engine-save N -- ...       under DeepSpeed, every rank killed inside the engine's own
+                                                       save of checkpoint-N (model states written, optimizer
+                                                       shards and `latest` not yet)
 Used by tests/test_crash_safety.py; the kill points are patched in here, none lives in the package.
 """
 
@@ -27,6 +30,17 @@ def kill_when(point: str, step: int) -> None:
             return training_step(self, *args, **kwargs)
 
         Trainer.training_step = training_step_then_kill
+    elif point == "engine-save":
+        from deepspeed import DeepSpeedEngine
+
+        save_zero_checkpoint = DeepSpeedEngine._save_zero_checkpoint
+
+        def kill_in_engine_save(self, save_dir, tag):
+            if tag == f"global_step{step}":
+                kill()
+            return save_zero_checkpoint(self, save_dir, tag)
+
+        DeepSpeedEngine._save_zero_checkpoint = kill_in_engine_save
     else:
         save_rng_state = Trainer._save_rng_state
 
@@ -40,7 +54,7 @@ def kill_when(point: str, step: int) -> None:
 
 if __name__ == "__main__":
     point, step, separator, *argv = sys.argv[1:]
-    assert point in ("step", "save") and separator == "--", sys.argv
+    assert point in ("step", "save", "engine-save") and separator == "--", sys.argv
     kill_when(point, int(step))
     from align.cli import main
 

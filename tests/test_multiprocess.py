@@ -1,12 +1,13 @@
 """`accelerate launch` with 2 CPU processes (gloo) trains exactly like 1 process over the same global batch.
 
 The tiny recipes (SFT, then DPO from its output) run with 1 process x 2 rows x 2 gradient-accumulation steps, and
-with 2 processes x 2 rows: under DDP (the `pipeline` command, both stages in one launch) and, where DeepSpeed is
-installed, under ZeRO-2 and ZeRO-3 (one launch per stage: accelerate takes one DeepSpeed config per process).
-Every run sees the same 4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same
-shape and per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and
-gradient norms, step by step, in both stages. Under DeepSpeed DPO starts from the consolidated checkpoint SFT
-saved.
+with 2 processes x 2 rows: under DDP and, where DeepSpeed is installed, under ZeRO-2 and ZeRO-3, both stages in one
+launch (the `pipeline` command: each stage builds its own engine, `align/stage_engines.py`). Every run sees the same
+4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same shape and
+per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and gradient
+norms, step by step, in both stages. Under ZeRO-3 the one-launch pipeline also ends with the very weights of the
+stages launched one by one (DPO from the consolidated checkpoint SFT saved), and a launch killed with SIGKILL
+inside DeepSpeed's own checkpoint save resumes (`--resume`) to the weights of the uninterrupted launch.
 """
 
 import json
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes/accelerate_configs"
@@ -34,18 +36,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(command: list[str], log: Path) -> None:
+def run(command: list[str], log: Path, expect_success: bool = True) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
     with log.open("w") as out:
         done = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n" + log.read_text()[-4000:]
+    if expect_success:
+        assert done.returncode == 0, f"{' '.join(command)} failed:\n" + log.read_text()[-4000:]
 
 
-def launch(config: str, *arguments: str) -> list[str]:
-    """`accelerate launch` of `python -m align ...` on 2 processes."""
+def launch(config: str, *arguments: str, program: tuple[str, ...] = ("-m", "align")) -> list[str]:
+    """`accelerate launch` of `python -m align ...` (or another `program`) on 2 processes."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
-            "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "align", *arguments]
+            "--num_processes", "2", "--main_process_port", str(free_port()), *program, *arguments]
 
 
 def step_logs(stage_dir: Path) -> list[dict]:
@@ -85,11 +88,67 @@ def test_ddp_two_processes_match_one_process_with_accumulation(one_process, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_deepspeed_two_processes_match_one_process_with_accumulation(config, one_process, tmp_path):
+def test_zero2_pipeline_in_one_launch_matches_one_process_with_accumulation(one_process, tmp_path):
     pytest.importorskip("deepspeed", reason="DeepSpeed is optional (`make deepspeed`)")
-    for stage, start in (("sft", []), ("dpo", ["--model.name_or_path", str(tmp_path / "sft")])):
-        run(launch(config, stage, f"recipes/tiny/{stage}.yaml", *start, *TRAINING,
-                   "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / stage)),
-            tmp_path / f"{stage}.log")
+    run(launch("deepspeed_zero2.yaml", "pipeline", "recipes/tiny/pipeline.yaml", *TRAINING,
+               "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path)), tmp_path / "log")
     assert_same_training(tmp_path, one_process)
+
+
+# Under ZeRO-3 a checkpoint after every step: the kill test below cuts one of them short.
+ZERO3 = [*TRAINING, "--gradient_accumulation_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def zero3_pipeline(tmp_path_factory) -> Path:
+    """The tiny pipeline under ZeRO-3 on 2 processes: SFT, then DPO from its output, in one launch."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is optional (`make deepspeed`)")
+    out = tmp_path_factory.mktemp("zero3_pipeline")
+    run(launch("deepspeed_zero3.yaml", "pipeline", "recipes/tiny/pipeline.yaml", *ZERO3, "--output_dir", str(out)),
+        out / "log")
+    return out
+
+
+def assert_same_weights(stage_dir: Path, expected_dir: Path) -> None:
+    weights, expected = load_file(stage_dir / "model.safetensors"), load_file(expected_dir / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    different = [name for name in expected if not weights[name].equal(expected[name])]
+    assert not different, f"{stage_dir}: weights differ from {expected_dir}: {different[:3]}"
+
+
+@pytest.mark.slow
+def test_zero3_pipeline_in_one_launch_matches_the_stages_launched_separately(zero3_pipeline, one_process,
+                                                                             tmp_path):
+    for stage, start in (("sft", []), ("dpo", ["--model.name_or_path", str(tmp_path / "sft")])):
+        run(launch("deepspeed_zero3.yaml", stage, f"recipes/tiny/{stage}.yaml", *start, *ZERO3,
+                   "--output_dir", str(tmp_path / stage)), tmp_path / f"{stage}.log")
+    assert_same_training(tmp_path, one_process)
+    assert_same_training(zero3_pipeline, one_process)
+    for stage in ("sft", "dpo"):
+        assert_same_weights(zero3_pipeline / stage, tmp_path / stage)
+    dpo_run = json.loads((zero3_pipeline / "dpo" / "run.json").read_text())
+    assert dpo_run["recipe"]["model"]["name_or_path"] == str(zero3_pipeline / "sft")
+
+
+@pytest.mark.slow
+def test_zero3_pipeline_killed_inside_an_engine_save_resumes_to_the_uninterrupted_weights(zero3_pipeline,
+                                                                                          tmp_path):
+    """SIGKILL on both ranks inside DeepSpeed's save of SFT's checkpoint-2 (its model states written, its
+    optimizer shards and `latest` not): the engine's files are in the staging directory, never published, and
+    `--resume` continues from checkpoint-1 through both stages to the weights of the launch that was not killed."""
+    argv = ["pipeline", "recipes/tiny/pipeline.yaml", *ZERO3, "--output_dir", str(tmp_path)]
+    run(launch("deepspeed_zero3.yaml", "engine-save", "2", "--", *argv, program=(str(ROOT / "tests/kill_at.py"),)),
+        tmp_path / "killed.log", expect_success=False)
+    assert "Signal 9 (SIGKILL)" in (tmp_path / "killed.log").read_text()
+    staged = tmp_path / "sft" / "tmp-checkpoint-2" / "checkpoint-2"
+    assert list(staged.glob("global_step2/*model_states.pt")) and not (staged / "latest").exists()
+    assert sorted(path.name for path in (tmp_path / "sft").glob("checkpoint-*")) == ["checkpoint-1"]
+
+    run(launch("deepspeed_zero3.yaml", *argv, "--resume"), tmp_path / "resumed.log")
+    assert json.loads((tmp_path / "sft" / "run.json").read_text())["resumed_from"].endswith("checkpoint-1")
+    for stage in ("sft", "dpo"):
+        assert_same_weights(tmp_path / stage, zero3_pipeline / stage)
+        train_loss = json.loads((tmp_path / stage / "metrics.json").read_text())["train"]["train_loss"]
+        assert train_loss == pytest.approx(
+            json.loads((zero3_pipeline / stage / "metrics.json").read_text())["train"]["train_loss"], rel=1e-6)
+        assert not list((tmp_path / stage).glob("tmp-checkpoint-*"))
