@@ -12,6 +12,7 @@ inside DeepSpeed's own checkpoint save resumes (`--resume`) to the weights of th
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from align.checkpoints import checkpoint_to_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes/accelerate_configs"
@@ -152,3 +155,23 @@ def test_zero3_pipeline_killed_inside_an_engine_save_resumes_to_the_uninterrupte
         assert train_loss == pytest.approx(
             json.loads((zero3_pipeline / stage / "metrics.json").read_text())["train"]["train_loss"], rel=1e-6)
         assert not list((tmp_path / stage).glob("tmp-checkpoint-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, named", [
+    (lambda checkpoint: (checkpoint / "latest").unlink(), "latest: missing"),
+    (lambda checkpoint: (checkpoint / "global_step3/zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink(),
+     "global_step3: no optim states of rank 1 (of 2 ranks)"),
+    (lambda checkpoint: (checkpoint / "global_step3/zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(
+        (checkpoint / "global_step3/zero_pp_rank_0_mp_rank_00_model_states.pt").read_bytes()[:-100]),
+     "zero_pp_rank_0_mp_rank_00_model_states.pt: not a complete torch file"),
+])
+def test_resume_skips_a_zero3_checkpoint_with_damaged_engine_shards(damage, named, zero3_pipeline, tmp_path, caplog):
+    """DeepSpeed's own files are verified like ours: a checkpoint whose `latest` or a rank's shard is missing or
+    cut short is skipped, by name, for the one before (DeepSpeed would otherwise fail deep in its loader)."""
+    out = tmp_path / "sft"
+    shutil.copytree(zero3_pipeline / "sft", out, ignore=shutil.ignore_patterns("runs"))
+    assert checkpoint_to_resume(str(out)) == str(out / "checkpoint-3")
+    damage(out / "checkpoint-3")
+    assert checkpoint_to_resume(str(out)) == str(out / "checkpoint-2")
+    assert f"skipping checkpoint-3: {out / 'checkpoint-3'}" in caplog.text and named in caplog.text
