@@ -39,13 +39,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(command: list[str], log: Path, expect_success: bool = True) -> None:
+def start(command: list[str], log: Path, **env: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+           "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", **env}
     with log.open("w") as out:
-        done = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, log: Path, expect_success: bool = True) -> None:
+    try:
+        process.wait(timeout=600)
+    finally:
+        process.kill()  # a no-op when it ended; else a hung launch does not outlive the test
     if expect_success:
-        assert done.returncode == 0, f"{' '.join(command)} failed:\n" + log.read_text()[-4000:]
+        assert process.returncode == 0, f"{' '.join(process.args)} failed:\n" + log.read_text()[-4000:]
+
+
+def run(command: list[str], log: Path, expect_success: bool = True) -> None:
+    finish(start(command, log), log, expect_success)
 
 
 def launch(config: str, *arguments: str, program: tuple[str, ...] = ("-m", "align")) -> list[str]:
@@ -175,3 +186,34 @@ def test_resume_skips_a_zero3_checkpoint_with_damaged_engine_shards(damage, name
     damage(out / "checkpoint-3")
     assert checkpoint_to_resume(str(out)) == str(out / "checkpoint-2")
     assert f"skipping checkpoint-3: {out / 'checkpoint-3'}" in caplog.text and named in caplog.text
+
+
+@pytest.mark.slow
+def test_two_machines_on_localhost_train_like_one_process(one_process, tmp_path):
+    """A 2-machine launch (`--num_machines 2`) on one host: one launcher per "machine", 1 process each, meeting
+    over gloo at 127.0.0.1, as recipes/slurm/pipeline_multinode.sbatch starts them on real nodes. Global rank 0
+    alone writes the one output in the shared output dir; each machine prepares the data in its own prepared dir
+    (as in a node-local cache), once."""
+    port = free_port()
+    machines = []
+    for rank in (0, 1):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
+                   "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
+                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                   "-m", "align", "pipeline", "recipes/tiny/pipeline.yaml", *TRAINING,
+                   "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "out")]
+        log = tmp_path / f"machine{rank}.log"
+        machines.append((start(command, log, JETMOE_ALIGN_PREPARED_DIR=str(tmp_path / f"prepared{rank}")), log))
+    for launcher, log in machines:
+        finish(launcher, log)
+
+    assert_same_training(tmp_path / "out", one_process)
+    logs = [log.read_text() for _, log in machines]
+    assert "Results:" in logs[0] and "Results:" not in logs[1]
+    for stage in ("sft", "dpo"):
+        train_log = (tmp_path / "out" / stage / "train.log").read_text()
+        assert [line.split("step ")[1][:2] for line in train_log.splitlines() if '{"loss"' in line] == \
+            ["1:", "2:", "3:"], f"{stage}: each step logged once"
+    prepared = [sorted(path.name for path in (tmp_path / f"prepared{rank}").iterdir() if path.is_dir())
+                for rank in (0, 1)]
+    assert prepared[0] == prepared[1] and [name.split("-")[0] for name in prepared[0]] == ["preference", "sft"]
