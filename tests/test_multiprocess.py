@@ -188,32 +188,48 @@ def test_resume_skips_a_zero3_checkpoint_with_damaged_engine_shards(damage, name
     assert f"skipping checkpoint-3: {out / 'checkpoint-3'}" in caplog.text and named in caplog.text
 
 
+# Stand-ins for SLURM on one host: `srun` runs its task once per "node" (SLURM_NODEID 0, 1, ...) at the same time,
+# each node with its own prepared-data dir (as a node-local cache) and log; `scontrol` names 127.0.0.1 first.
+FAKE_SRUN = """#!/bin/bash
+shift  # --ntasks-per-node=1
+pids=()
+for node in $(seq 0 $((SLURM_NNODES - 1))); do
+  SLURM_NODEID=$node JETMOE_ALIGN_PREPARED_DIR=$NODES_DIR/prepared$node "$@" > $NODES_DIR/machine$node.log 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait $pid || status=1; done
+exit $status
+"""
+FAKE_SCONTROL = "#!/bin/bash\necho 127.0.0.1\n"
+
+
 @pytest.mark.slow
 def test_two_machines_on_localhost_train_like_one_process(one_process, tmp_path):
-    """A 2-machine launch (`--num_machines 2`) on one host: one launcher per "machine", 1 process each, meeting
-    over gloo at 127.0.0.1, as recipes/slurm/pipeline_multinode.sbatch starts them on real nodes. Global rank 0
-    alone writes the one output in the shared output dir; each machine prepares the data in its own prepared dir
-    (as in a node-local cache), once."""
-    port = free_port()
-    machines = []
-    for rank in (0, 1):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu_2proc.yaml"),
-                   "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2",
-                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-                   "-m", "align", "pipeline", "recipes/tiny/pipeline.yaml", *TRAINING,
-                   "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "out")]
-        log = tmp_path / f"machine{rank}.log"
-        machines.append((start(command, log, JETMOE_ALIGN_PREPARED_DIR=str(tmp_path / f"prepared{rank}")), log))
-    for launcher, log in machines:
-        finish(launcher, log)
+    """recipes/slurm/pipeline_multinode.sbatch on 2 "nodes" of one host (srun and scontrol stood in for): one
+    `accelerate launch --num_machines 2 --machine_rank $SLURM_NODEID` per node, 1 process each, meeting over gloo
+    at 127.0.0.1. Global rank 0 alone writes the one output in the shared output dir; each node prepares the
+    data in its own prepared dir, once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "NODES_DIR": str(tmp_path), "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_SUBMIT_DIR": str(ROOT), "PYTHON": sys.executable,
+           "GPUS_PER_NODE": "1", "CONFIG": str(CONFIGS / "cpu_2proc.yaml"), "RECIPE": "recipes/tiny/pipeline.yaml",
+           "PORT": str(free_port())}
+    command = ["bash", str(ROOT / "recipes/slurm/pipeline_multinode.sbatch"), *TRAINING,
+               "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "out")]
+    finish(start(command, tmp_path / "sbatch.log", **env), tmp_path / "sbatch.log")
 
     assert_same_training(tmp_path / "out", one_process)
-    logs = [log.read_text() for _, log in machines]
+    logs = [(tmp_path / f"machine{node}.log").read_text() for node in (0, 1)]
     assert "Results:" in logs[0] and "Results:" not in logs[1]
     for stage in ("sft", "dpo"):
         train_log = (tmp_path / "out" / stage / "train.log").read_text()
         assert [line.split("step ")[1][:2] for line in train_log.splitlines() if '{"loss"' in line] == \
             ["1:", "2:", "3:"], f"{stage}: each step logged once"
-    prepared = [sorted(path.name for path in (tmp_path / f"prepared{rank}").iterdir() if path.is_dir())
-                for rank in (0, 1)]
+    prepared = [sorted(path.name for path in (tmp_path / f"prepared{node}").iterdir() if path.is_dir())
+                for node in (0, 1)]
     assert prepared[0] == prepared[1] and [name.split("-")[0] for name in prepared[0]] == ["preference", "sft"]
