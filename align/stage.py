@@ -12,7 +12,7 @@ from transformers.trainer_utils import TrainOutput
 
 from .checkpoints import checkpoint_step, checkpoint_to_resume
 from .data.prepare import PreparedData, TrainerShape, prepare_data
-from .distributed import prepare_for_sharding
+from .distributed import prepare_for_sharding, refuse_fsdp2_evaluation
 from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
 from .model_loading import build_model
@@ -64,6 +64,8 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
     data = prepare_stage_data(recipe, tokenizer)
     eval_dataset = data.test if len(data.test) else None
+    if eval_dataset is not None or args.eval_strategy != "no":
+        refuse_fsdp2_evaluation(args, recipe.stage)
     if recipe.lora:  # adapters go on a checkpoint they can name (saved to {output_dir}/base when in memory only)
         model = lora_base_model(recipe.model, tokenizer, args.output_dir, args.seed, device=args.device)
     else:
