@@ -18,6 +18,7 @@ from typing import NamedTuple
 from safetensors import SafetensorError, safe_open
 
 from .atomic_files import STAGING_PREFIX, fsync_path, fsync_tree, json_text
+from .deepspeed_checkpoints import deepspeed_problem, is_deepspeed_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ def verify_checkpoint(path: Path) -> None:
         raise CheckpointFileError(f"{state_file}: unreadable ({error})") from None
     if step != checkpoint_step(path):
         raise CheckpointFileError(f"{state_file}: global_step {step} does not match the directory name")
+    engine = is_deepspeed_checkpoint(path)
+    if engine and (problem := deepspeed_problem(path)):
+        raise CheckpointFileError(problem)
     weights = sorted(path.glob("*.safetensors"))
-    if not weights and not any(path.glob("global_step*")):  # DeepSpeed keeps its own shards there
+    if not weights and not engine:  # DeepSpeed keeps its own shards in global_step*/
         raise CheckpointFileError(f"{path}: no model weights (*.safetensors)")
     for file in weights:
         check_safetensors(file)

@@ -21,12 +21,15 @@ losses, as gradient accumulation does over micro-batches. tests/test_multiproces
 """
 
 import copy
+import os
 
 from torch import nn
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from jetmoe_model.attention import MoAAttention
 from jetmoe_model.experts import MoEMLP
+
+from .recipes import RecipeError
 
 EXPERT_LAYERS = (MoAAttention, MoEMLP)
 
@@ -62,3 +65,21 @@ def copy_model(model):
     reference = type(model).from_pretrained(model.name_or_path, config=copy.deepcopy(model.config), dtype=model.dtype)
     prepare_for_sharding(reference)
     return reference
+
+
+def uses_fsdp2(args) -> bool:
+    """FSDP version 2, from `accelerate launch` (a config's `fsdp_version: 2`) or the training arguments."""
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
+        and os.environ.get("FSDP_VERSION") == "2"
+    return launched or (getattr(args, "fsdp_plugin_args", None) or {}).get("fsdp_version") == 2
+
+
+def refuse_fsdp2_evaluation(args, stage: str) -> None:
+    """FSDP2 trains and saves JetMoE, but its evaluation fails deep inside the first forward: accelerate puts the
+    tied embeddings, final norm and LM head in one FSDP2 unit, and TRL's fused LM head reads the head's weight
+    without running that unit's forward (a plain tensor meets a DTensor). Refused before the model loads."""
+    if uses_fsdp2(args):
+        raise RecipeError(f"{stage}: evaluation under FSDP version 2 does not work (the tied embeddings, norm and LM "
+                          "head share one FSDP2 unit whose weight TRL's LM head reads without its forward): use "
+                          "recipes/accelerate_configs/fsdp.yaml (version 1), or train without an evaluation "
+                          "(--eval_strategy no and no test_split in the data sources)")

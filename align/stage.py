@@ -17,7 +17,7 @@ from transformers.trainer_utils import TrainOutput
 from .atomic_files import staged_directory, write_json_atomically
 from .checkpoints import checkpoint_step, checkpoint_to_resume, read_loss_tally
 from .data.prepare import PreparedData, TrainerShape, prepare_data
-from .distributed import prepare_for_sharding
+from .distributed import prepare_for_sharding, refuse_fsdp2_evaluation
 from .lora.config import jetmoe_lora_config
 from .lora.stage_support import lora_base_model, stock_loadable
 from .model_loading import build_model
@@ -28,6 +28,7 @@ from .resume_changes import changes_record, describe, resume_changes, run_settin
 from .run_lock import claimed_output_dir
 from .run_logging import MetricsToTrainLog, writes_train_log
 from .run_record import run_record
+from .stage_engines import fresh_engine_state, release_engines
 from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -68,11 +69,14 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     settings = run_settings(recipe)
     changes = resume_changes(resume_from, settings, accept_changes) if resume_from else {}
     resumed_tally = read_loss_tally(resume_from) if resume_from else None
+    fresh_engine_state(args)  # a pipeline's second stage: not the first stage's engine
     set_seed(args.seed)
 
     tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
     data = prepare_stage_data(recipe, tokenizer)
     eval_dataset = data.test if len(data.test) else None
+    if eval_dataset is not None or args.eval_strategy != "no":
+        refuse_fsdp2_evaluation(args, recipe.stage)
     if recipe.lora:  # adapters go on a checkpoint they can name (saved to {output_dir}/base when in memory only)
         model = lora_base_model(recipe.model, tokenizer, args.output_dir, args.seed, device=args.device)
     else:
@@ -108,6 +112,7 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
         logger.info("%s: wrote %s (checkpoint, tokenizer, metrics.json, run.json, trainer_state.json, train.log, %s)",
                     recipe.stage, output_dir, ", ".join(path.name for path in plots))
     trainer.accelerator.wait_for_everyone()  # other ranks read these files next (DPO's start, the summary)
+    release_engines(trainer)
     return output_dir
 
 

@@ -6,8 +6,11 @@ send it SIGTERM, as a scheduler does first.
                                                        trainer state not yet)
     python tests/kill_at.py term N -- sft RECIPE ...   SIGTERM as step N begins (the run saves checkpoint-N), to
                                                        the last process of a launch only
-Used by tests/test_crash_safety.py and tests/test_sigterm.py; the kill points are patched in here, none lives in
-the package.
+    python tests/kill_at.py engine-save N -- ...       under DeepSpeed, every rank killed inside the engine's own
+                                                       save of checkpoint-N (model states written, optimizer
+                                                       shards and `latest` not yet)
+Used by tests/test_crash_safety.py, tests/test_multiprocess.py and tests/test_sigterm.py; the kill points are
+patched in here, none lives in the package.
 """
 
 import os
@@ -42,6 +45,17 @@ def kill_when(point: str, step: int) -> None:
             return training_step(self, *args, **kwargs)
 
         Trainer.training_step = training_step_then_kill
+    elif point == "engine-save":
+        from deepspeed import DeepSpeedEngine
+
+        save_zero_checkpoint = DeepSpeedEngine._save_zero_checkpoint
+
+        def kill_in_engine_save(self, save_dir, tag):
+            if tag == f"global_step{step}":
+                kill()
+            return save_zero_checkpoint(self, save_dir, tag)
+
+        DeepSpeedEngine._save_zero_checkpoint = kill_in_engine_save
     else:
         save_rng_state = Trainer._save_rng_state
 
@@ -55,7 +69,7 @@ def kill_when(point: str, step: int) -> None:
 
 if __name__ == "__main__":
     point, step, separator, *argv = sys.argv[1:]
-    assert point in ("step", "save", "term") and separator == "--", sys.argv
+    assert point in ("step", "save", "engine-save", "term") and separator == "--", sys.argv
     kill_when(point, int(step))
     from align.cli import main
 

@@ -42,6 +42,17 @@ def test_a_malformed_data_row_is_named(tmp_path, capsys):
     assert str(data) in line and "row 2" in line
 
 
+def test_an_fsdp2_launch_with_an_evaluation_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """What `accelerate launch` with `fsdp_version: 2` sets: the stage's evaluation would fail deep inside FSDP2
+    (docs/multi_gpu.md), so the stage stops before its model loads, saying what to use instead."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert main(["sft", "recipes/tiny/sft.yaml", "--output_dir", str(tmp_path), *FAST]) == 2
+    line = _error_line(capsys)
+    assert "sft: evaluation under FSDP version 2 does not work" in line and "fsdp.yaml (version 1)" in line
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_stage_writes_records_and_resumes(tmp_path):
     out = tmp_path / "sft"

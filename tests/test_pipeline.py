@@ -60,17 +60,19 @@ def header_commands(path: str) -> list[list[str]]:
     return [shlex.split(line) for line in header.replace("\\\n", " ").splitlines() if "accelerate launch" in line]
 
 
-def test_the_8b_pipeline_header_launches_deepspeed_stages_separately():
-    """accelerate refuses a second DeepSpeed trainer in one process, so a DeepSpeed `pipeline` launch fails at DPO:
-    the header's DeepSpeed commands run one stage each, writing where the pipeline would, DPO from the SFT output."""
+def test_the_8b_pipeline_header_launches_the_pipeline_under_zero3_in_one_launch():
+    """Both stages in one DeepSpeed launch (tests/test_multiprocess.py runs the tiny pipeline so under ZeRO-3):
+    the header's command launches `pipeline` with this file under the ZeRO-3 config, whose stages are the 8B
+    stage recipes (which write where the pipeline does, so either stage can also be launched alone)."""
     path = "recipes/jetmoe-8b-chat/pipeline.yaml"
-    on_deepspeed = [command for command in header_commands(path) if "deepspeed" in " ".join(command)]
-    stages = [command[command.index("align") + 1:] for command in on_deepspeed]
-    assert [stage for stage, _ in stages] == ["sft", "dpo"]
+    [command] = [command for command in header_commands(path) if "deepspeed" in " ".join(command)]
+    assert command[command.index("--config_file") + 1] == "recipes/accelerate_configs/deepspeed_zero3.yaml"
+    assert command[command.index("align") + 1:] == ["pipeline", path]
 
     on_cpu = {"use_cpu": True}  # the recipes ask for bf16, which TrainingArguments takes only on a GPU or with this
-    sft, dpo = (load_recipe(recipe, stage, on_cpu) for stage, recipe in stages)
+    sft = load_recipe("recipes/jetmoe-8b-chat/sft/config_full.yaml", "sft", on_cpu)
+    dpo = load_recipe("recipes/jetmoe-8b-chat/dpo/config_full.yaml", "dpo", on_cpu)
     pipeline_sft, pipeline_dpo = load_pipeline(path, on_cpu)
     assert sft.training.output_dir == pipeline_sft.training.output_dir
     assert dpo.training.output_dir == pipeline_dpo.training.output_dir
-    assert dpo.model.name_or_path == sft.training.output_dir
+    assert pipeline_dpo.model.name_or_path == pipeline_sft.training.output_dir
