@@ -7,6 +7,7 @@ that counts as an import of `align.p` too (unless the importer lives in `align.p
 """
 
 import ast
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,18 @@ def test_align_top_level_holds_few_modules_and_every_package_has_an_init():
     unpackaged = sorted(str(directory.relative_to(REPO)) for directory in {path.parent for path in align.rglob("*.py")}
                         if not (directory / "__init__.py").is_file())
     assert not unpackaged
+
+
+def test_no_module_of_align_is_ignored_by_git():
+    """A module git ignores (`runs/` in .gitignore once hid align/runs/__init__.py) works in this checkout and is
+    missing from every clone. `--no-index`: a tracked file under an ignored name counts too, as its new siblings
+    would be ignored."""
+    modules = [str(path.relative_to(REPO)) for path in sorted((REPO / "align").rglob("*.py"))]
+    try:
+        result = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *modules],
+                                capture_output=True, text=True, timeout=30)
+    except OSError:
+        pytest.skip("git is not installed")
+    if result.returncode not in (0, 1):  # 128: not a git checkout (an unpacked source archive)
+        pytest.skip(f"git check-ignore: {result.stderr.strip()}")
+    assert result.stdout.split() == []
