@@ -21,8 +21,6 @@ that shapes them (`fingerprint`) and shared by ranks and relaunches.
 Modules: `spec` (the dataclasses), `sources` (readers), `formats` (normalisers), `validation` (checks),
 `truncation` (the trainer's max_length), `report` (counts), `mixing` (`load_mixture`), `encoding` (rows to token
 ids as TRL makes them), `fingerprint` (the key of prepared data), `prepare` (`prepare_data`).
-
-Imports nothing else of `align`: everything else reads data through it.
 """
 
 from .errors import DROP_REASONS, STRUCTURAL_REASONS, DataError
