@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="where data, runs and logs go (default: a temporary dir)")
     options = parser.parse_args()
 
-    from align.tokenizer import load_tokenizer
+    from align.model.tokenizer import load_tokenizer
 
     work = options.work or Path(tempfile.mkdtemp(prefix="bench_data_prep-"))
     work.mkdir(parents=True, exist_ok=True)

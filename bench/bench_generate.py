@@ -76,7 +76,7 @@ def mt_bench_answers(question_file: str, batch_size: int, config, dtype, device)
 
     from align.evaluation.answers import write_answers
     from align.evaluation.questions import load_questions
-    from align.generate import ChatModel
+    from align.inference.generate import ChatModel
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER, padding_side="left")
     model = build(JetMoEForCausalLM, JetMoEConfig(**{**config.to_dict(), "vocab_size": len(tokenizer)}), dtype,

@@ -1,6 +1,7 @@
-"""End-to-end SFT and DPO stage benchmark: our stage code (`align.stage.run_stage` with our SFT/DPO trainers on our
-JetMoE) against stock TRL `SFTTrainer`/`DPOTrainer` on transformers' `JetMoeForCausalLM`, full fine-tuning or LoRA,
-on the same synthetic data with realistic lengths (`bench/synthetic_data.py`), one table + JSON.
+"""End-to-end SFT and DPO stage benchmark: our stage code (`align.training.stage.run_stage` with our SFT/DPO
+trainers on our JetMoE) against stock TRL `SFTTrainer`/`DPOTrainer` on transformers' `JetMoeForCausalLM`, full
+fine-tuning or LoRA, on the same synthetic data with realistic lengths (`bench/synthetic_data.py`), one table +
+JSON.
 
     PYTHONPATH=. python bench/bench_stages.py --stage sft --mode lora --steps 12 --warmup 2 --out sft_lora.json
     PYTHONPATH=. python bench/bench_stages.py --stage dpo --mode full --layers 8 --set activation_checkpointing=false
@@ -60,13 +61,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "bench"), str(REPO)]  # this tree's align, not an installed copy, also under accelerate
 import synthetic_data  # noqa: E402
 
+from align.config.recipes import load_recipe, parse_overrides  # noqa: E402
 from align.data import load_mixture  # noqa: E402
-from align.dpo import dpo_trainer  # noqa: E402
-from align.model_loading import model_config  # noqa: E402
-from align.recipes import load_recipe, parse_overrides  # noqa: E402
-from align.sft import sft_trainer  # noqa: E402
-from align.stage import run_stage  # noqa: E402
-from align.tokenizer import load_tokenizer  # noqa: E402
+from align.model.model_loading import model_config  # noqa: E402
+from align.model.tokenizer import load_tokenizer  # noqa: E402
+from align.training.dpo import dpo_trainer  # noqa: E402
+from align.training.sft import sft_trainer  # noqa: E402
+from align.training.stage import run_stage  # noqa: E402
 from jetmoe_model.packing import PACK_MULTIPLE  # noqa: E402
 
 MODEL_CONFIG = "align/assets/jetmoe-8b"
@@ -380,7 +381,7 @@ def stock_config(recipe, tokenizer):
 
 def stock_training_args(cli, recipe, checkpointing_supported: bool):
     """TRL's config with our recipe's micro-batch, length, optimisation and precision; TRL defaults otherwise."""
-    from align.recipes import training_config_class
+    from align.config.recipes import training_config_class
 
     ours = recipe.training
     checkpointing = bool(ours.activation_checkpointing) and checkpointing_supported
@@ -417,7 +418,7 @@ def stock_model(config, dtype: torch.dtype, device: torch.device):
 def mark_decoder_layers_as_leaves(model) -> None:
     """ZeRO-3 gathers each decoder layer whole: transformers' MoA, like ours, is used through `map`/`reduce`,
     outside its forward hook, and every rank must gather every expert whatever its tokens chose. With only the
-    attention and MoE layers as leaves (as `align.distributed` marks ours) DeepSpeed's backward failed on
+    attention and MoE layers as leaves (as `align.training.distributed` marks ours) DeepSpeed's backward failed on
     transformers' JetMoe ("The size of tensor a (0) must match the size of tensor b (hidden)", on 2 H200s and with
     `--tiny` on CPU); whole decoder layers run."""
     from deepspeed.utils import set_z3_leaf_modules

@@ -19,9 +19,9 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import SFTConfig
 
-from align.distributed import prepare_for_sharding
-from align.sft import sft_trainer
-from align.tokenizer import load_tokenizer
+from align.model.tokenizer import load_tokenizer
+from align.training.distributed import prepare_for_sharding
+from align.training.sft import sft_trainer
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 CONFIG = "align/assets/jetmoe-8b"

@@ -1,8 +1,8 @@
 """Small things the alignment tests share: a tokenizer built on a synthetic corpus, a tiny JetMoE, TRL args."""
 
-from align.model_loading import build_model
-from align.recipes import ModelArgs
-from align.tokenizer import build_tokenizer
+from align.config.recipes import ModelArgs
+from align.model.model_loading import build_model
+from align.model.tokenizer import build_tokenizer
 
 TINY_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_key_value_heads=2, kv_channels=16, intermediate_size=128,
                   num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128)

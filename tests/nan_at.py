@@ -11,7 +11,7 @@ tests/test_nonfinite.py; the fault is patched in here, none lives in the package
 import math
 import sys
 
-from align.router_loss import RouterLossMixin
+from align.training.router_loss import RouterLossMixin
 
 compute_loss = RouterLossMixin.compute_loss
 

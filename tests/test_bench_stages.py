@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import bench_stages  # noqa: E402
 import synthetic_data  # noqa: E402
 
-from align.tokenizer import load_tokenizer  # noqa: E402
+from align.model.tokenizer import load_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,8 @@ def test_tiny_end_to_end_run_measures_both_sides(stage, mode, tmp_path, monkeypa
 
 
 def test_model_flops_follow_the_stated_convention():
-    from align.recipes import ModelArgs
-    from align.model_loading import model_config
+    from align.config.recipes import ModelArgs
+    from align.model.model_loading import model_config
 
     config = model_config(ModelArgs(name_or_path=str(REPO / bench_stages.MODEL_CONFIG), init="random"))
     # docs/benchmarks.md, the model table: 5.07 GFLOP a token for a forward of the 8B shape at sequence 2048.

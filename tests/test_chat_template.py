@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from align.chat_template import resolve_chat_template
+from align.model.chat_template import resolve_chat_template
 
 TINY_TOKENIZER = "recipes/tiny/tokenizer"
 CONVERSATION = [

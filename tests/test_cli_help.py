@@ -4,7 +4,7 @@ every field a recipe can set, and a misspelt key names the closest valid ones.""
 import pytest
 
 from align.cli import main
-from align.recipes import override_keys
+from align.config.recipes import override_keys
 
 
 def _help(argv, capsys) -> str:

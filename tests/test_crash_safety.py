@@ -113,7 +113,7 @@ def test_resume_skips_a_damaged_checkpoint_by_name(damage, named, uninterrupted,
 
 
 def test_a_second_run_on_a_live_output_dir_is_refused_naming_the_first(tmp_path, capsys):
-    hold = (f"import time\nfrom align.run_lock import output_dir_lock\nwith output_dir_lock({str(tmp_path)!r}):\n"
+    hold = (f"import time\nfrom align.runs.run_lock import output_dir_lock\nwith output_dir_lock({str(tmp_path)!r}):\n"
             "    print('locked', flush=True)\n    time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", hold], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                               stdout=subprocess.PIPE, text=True)
@@ -125,7 +125,7 @@ def test_a_second_run_on_a_live_output_dir_is_refused_naming_the_first(tmp_path,
     finally:
         holder.kill()  # as a kill -9 would: the kernel releases the lock with the process
         holder.wait()
-    from align.run_lock import output_dir_lock
+    from align.runs.run_lock import output_dir_lock
 
     with output_dir_lock(tmp_path):
         pass

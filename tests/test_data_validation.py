@@ -181,7 +181,7 @@ def test_kept_rows_render_through_trl(tmp_path):
 
 
 def tiny_tokenizer():
-    from align.tokenizer import load_tokenizer
+    from align.model.tokenizer import load_tokenizer
 
     return load_tokenizer("recipes/tiny/tokenizer")  # its chat template marks the assistant's tokens
 

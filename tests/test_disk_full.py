@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError
 from test_crash_safety import assert_same_run, checkpoint_names
 
-from align.atomic_files import temporary_path, write_json_atomically
-from align.checkpoints import read_loss_tally
 from align.cli import main
-from align.disk_full import DiskFullError, out_of_space_named
+from align.runs.atomic_files import temporary_path, write_json_atomically
+from align.runs.checkpoints import read_loss_tally
+from align.runs.disk_full import DiskFullError, out_of_space_named
 
 DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(not DEV_FULL.is_char_device(), reason="needs /dev/full (Linux)")

@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
-from align.dpo import dpo_trainer, frozen_copy
+from align.training.dpo import dpo_trainer, frozen_copy
 from alignment_fixtures import QUIET_ARGS, tiny_model, tokenizer_for
 
 COLOURS = ["red", "blue", "green", "pink", "gold", "grey", "teal", "navy", "plum", "lime", "rose", "sand"]

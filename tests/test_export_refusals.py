@@ -14,7 +14,7 @@ import align.lora.stage_support
 from align.cli import main
 from align.lora.adapters import add_lora
 from align.lora.arguments import LoraArguments
-from align.tokenizer import build_tokenizer
+from align.model.tokenizer import build_tokenizer
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 IDS = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(0))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from align.cli import main
-from align.generate import ChatModel
+from align.inference.generate import ChatModel
 
 QUESTIONS = ["What is 2 plus 3?", "Name a colour.", "Write a long sentence about the sea and its many boats."]
 
@@ -30,7 +30,7 @@ def test_sampling_options_change_the_answer_reproducibly(demo_run, capsys):
 
 @pytest.mark.slow
 def test_both_engines_give_the_same_greedy_answers_and_mixed_temperatures_sample_their_rows_only(demo_run):
-    from align.generate import Sampling
+    from align.inference.generate import Sampling
 
     model_dir = str(demo_run[0] / "dpo")
     conversations = [[{"role": "user", "content": question}] for question in QUESTIONS]

@@ -17,7 +17,7 @@ from align.evaluation import harness
 from align.evaluation.harness_presets import PRESETS, expand
 from align.evaluation.harness_table import harness_table, markdown
 from align.evaluation.settings import HarnessSettings
-from align.export import export_merged
+from align.inference.export import export_merged
 from align.lora.adapters import add_lora
 from align.lora.arguments import LoraArguments
 from alignment_fixtures import tiny_model, tokenizer_for
@@ -267,9 +267,9 @@ def test_the_table_puts_the_published_numbers_beside_the_card_tasks_in_percent(t
 
 
 def test_a_pipeline_eval_section_names_harness_tasks_beside_mt_bench(tmp_path, monkeypatch):
-    from align import cli
+    from align.cli import commands as cli
+    from align.config.recipes import RecipeError, load_pipeline, load_pipeline_eval
     from align.evaluation.settings import MTBenchSettings
-    from align.recipes import RecipeError, load_pipeline, load_pipeline_eval
 
     recipes = ROOT / "recipes" / "tiny"
 

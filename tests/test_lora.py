@@ -10,11 +10,11 @@ from peft.tuners.lora.layer import ParamWrapper
 from safetensors.torch import load_file
 from transformers import JetMoeForCausalLM
 
-from align.export import export_merged
-from align.tokenizer import build_tokenizer
+from align.inference.export import export_merged
 from align.lora.adapters import add_lora, load_adapter
 from align.lora.arguments import EXPERT_PROJECTIONS, LoraArguments
 from align.lora.routed_experts import RoutedExpertLora
+from align.model.tokenizer import build_tokenizer
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 IDS = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))

@@ -11,14 +11,14 @@ from trl import DPOConfig
 from trl.trainer.utils import use_adapter
 
 from align.cli import main
-from align.dpo import dpo_trainer
-from align.generate import load_chat_model
-from align.lora.arguments import LoraArguments
+from align.config.recipes import ModelArgs, load_recipe
+from align.inference.generate import load_chat_model
 from align.lora.adapters import add_lora
+from align.lora.arguments import LoraArguments
 from align.lora.config import jetmoe_lora_config
 from align.lora.stage_support import lora_base_model
-from align.recipes import ModelArgs, load_recipe
-from align.tokenizer import load_tokenizer
+from align.model.tokenizer import load_tokenizer
+from align.training.dpo import dpo_trainer
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 QUICK = ["--max_steps", "2", "--max_length", "96", "--per_device_train_batch_size", "4",

@@ -19,7 +19,7 @@ from align.evaluation.questions import TEMPERATURE, Question, load_judge_prompts
 from align.evaluation.scores import markdown, score_table, write_scores
 from align.evaluation.settings import MTBenchSettings
 from align.evaluation.stub_judge import judged_answer
-from align.generate import ChatModel
+from align.inference.generate import ChatModel
 from alignment_fixtures import tiny_model, tokenizer_for
 
 MT_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mt_bench"

@@ -2,8 +2,8 @@
 
 The tiny recipes (SFT, then DPO from its output) run with 1 process x 2 rows x 2 gradient-accumulation steps, and
 with 2 processes x 2 rows: under DDP and, where DeepSpeed is installed, under ZeRO-2 and ZeRO-3, both stages in one
-launch (the `pipeline` command: each stage builds its own engine, `align/stage_engines.py`). Every run sees the same
-4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same shape and
+launch (the `pipeline` command: each stage builds its own engine, `align/training/stage_engines.py`). Every run
+sees the same 4 rows per optimizer step in the same order (sequential sampler), micro-batches of the same shape and
 per-micro-batch router losses, so data-parallel averaging must give the same losses, router losses and gradient
 norms, step by step, in both stages. Under ZeRO-3 the one-launch pipeline also ends with the very weights of the
 stages launched one by one (DPO from the consolidated checkpoint SFT saved), and a launch killed with SIGKILL
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from align.checkpoints import checkpoint_to_resume
+from align.runs.checkpoints import checkpoint_to_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes/accelerate_configs"

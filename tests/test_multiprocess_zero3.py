@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-3 with JetMoE's expert layers, 2 CPU processes (gloo): `align.distributed` at work.
+"""DeepSpeed ZeRO-3 with JetMoE's expert layers, 2 CPU processes (gloo): `align.training.distributed` at work.
 
 Each rank trains on different tokens, so the ranks route to different experts. The model is loaded sharded
 (`zero.Init`), its expert layers are ZeRO-3 leaves; the check is that the sharded forward equals the unsharded
@@ -28,7 +28,7 @@ def worker(out: Path) -> None:
     from conftest import tiny_config_kwargs
     from transformers.integrations import HfDeepSpeedConfig
 
-    from align.distributed import EXPERT_LAYERS, copy_model, prepare_for_sharding
+    from align.training.distributed import EXPERT_LAYERS, copy_model, prepare_for_sharding
     from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
     deepspeed.init_distributed("gloo")

@@ -19,9 +19,9 @@ import pytest
 from nan_at import nan_loss_at
 from safetensors.torch import load_file
 
-from align.checkpoints import read_loss_tally
 from align.cli import main
-from align.router_loss import RouterLossMixin
+from align.runs.checkpoints import read_loss_tally
+from align.training.router_loss import RouterLossMixin
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVE_EACH_STEP = ["--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "10", "--logging_steps", "1",

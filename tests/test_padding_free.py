@@ -189,7 +189,7 @@ def test_dpo_micro_batches_are_sized_by_tokens_with_batch_rebalance(tmp_path):
     from datasets import Dataset
     from trl import DPOConfig
 
-    from align.dpo import dpo_trainer
+    from align.training.dpo import dpo_trainer
     from alignment_fixtures import QUIET_ARGS, tiny_model, tokenizer_for
 
     words = "the cat sat on a warm mat and then it slept for a very long time".split()

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, JetMoeForCausalLM
 
 from align.cli import main
-from align.recipes import load_pipeline, load_recipe
+from align.config.recipes import load_pipeline, load_recipe
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
 import jetmoe_model.modeling
-from align.dpo import dpo_trainer, frozen_copy
 from align.lora.arguments import LoraArguments
 from align.lora.config import jetmoe_lora_config
+from align.training.dpo import dpo_trainer, frozen_copy
 from alignment_fixtures import tiny_model, tokenizer_for
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 from jetmoe_model.packing import PACK_MULTIPLE

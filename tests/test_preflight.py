@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import align.dpo
-import align.sft
-import align.stage
+import align.training.dpo
+import align.training.sft
+import align.training.stage
 from align.cli import main
 
 FAST = ["--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1"]
@@ -23,7 +23,7 @@ def nothing_loads(monkeypatch):
     def loading(*args, **kwargs):
         raise AssertionError("the stage started loading")
 
-    monkeypatch.setattr(align.stage, "_run_stage", loading)
+    monkeypatch.setattr(align.training.stage, "_run_stage", loading)
 
 
 def error_line(capsys) -> str:
@@ -152,7 +152,7 @@ def test_an_earlier_run_is_not_overwritten_unless_asked(left, named, tmp_path, c
 ])
 def test_run_json_counts_the_rows_trained_on(stage, recipe, build, max_length, saved_model, tmp_path,
                                              monkeypatch):
-    module = getattr(align, stage)
+    module = getattr(align.training, stage)
     make_trainer, trained = getattr(module, build), {}
 
     def counting(*args, **kwargs):

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config_kwargs
 
-import align.stage
+import align.training.stage
 from align.cli import main
+from align.config.recipes import RecipeError, load_recipe
 from align.data import DataError, DataSource
 from align.data.sources import read_split
-from align.recipes import RecipeError, load_recipe
-from align.sft import run_sft
+from align.training.sft import run_sft
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 SAMPLES = Path("data/samples")
@@ -48,7 +48,7 @@ def test_a_custom_jinja_template_that_renders_passes(tmp_path, capsys):
 
 def test_the_stage_refuses_a_bad_template_before_loading_data(tmp_path, monkeypatch):
     """As a library call, without the CLI's pre-flight check: the same line, before any data is read."""
-    monkeypatch.setattr(align.stage, "prepare_data", lambda *args: pytest.fail("the stage read its data"))
+    monkeypatch.setattr(align.training.stage, "prepare_data", lambda *args: pytest.fail("the stage read its data"))
     recipe = load_recipe("recipes/tiny/sft.yaml", "sft", {"output_dir": str(tmp_path),
                                                           "tokenizer.chat_template": "nosuchtemplate"})
     with pytest.raises(RecipeError, match=r"^tokenizer.chat_template: unknown chat template 'nosuchtemplate'"):

@@ -15,11 +15,11 @@ import pytest
 from trl import DPOTrainer, SFTTrainer
 
 from align.cli import main
+from align.config.recipes import CommandLineValue, load_recipe
 from align.data import DataError, load_mixture
 from align.data.prepare import TrainerShape, prepare_data
 from align.data.truncation import TrainerTruncation
-from align.recipes import CommandLineValue, load_recipe
-from align.tokenizer import load_tokenizer
+from align.model.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -131,17 +131,17 @@ def test_reused_until_anything_that_shapes_it_changes(tmp_path, tokenizer):
 
 
 def _other_tokenizer():
-    from align.tokenizer import build_tokenizer, corpus_from_files
+    from align.model.tokenizer import build_tokenizer, corpus_from_files
 
     return build_tokenizer(corpus_from_files((ROOT / "data/samples").rglob("*.jsonl")), vocab_size=600)
 
 
 PREPARE_THEN_SIGNAL = """
 import sys
+from align.config.recipes import CommandLineValue, load_recipe
 from align.data import prepare
-from align.recipes import CommandLineValue, load_recipe
-from align.stage import prepare_stage_data
-from align.tokenizer import load_tokenizer
+from align.model.tokenizer import load_tokenizer
+from align.training.stage import prepare_stage_data
 
 def announce_then_encode(*args, _encode=prepare._encode_chunk):  # the parent, preparing: say so once
     print("PREPARING", flush=True)
@@ -181,9 +181,9 @@ def test_a_kill_during_preparation_leaves_nothing_a_later_run_uses(tmp_path, tok
 RANK_REPORT = """
 import hashlib, json, sys
 from accelerate import PartialState
-from align.recipes import CommandLineValue, load_recipe
-from align.stage import prepare_stage_data
-from align.tokenizer import load_tokenizer
+from align.config.recipes import CommandLineValue, load_recipe
+from align.model.tokenizer import load_tokenizer
+from align.training.stage import prepare_stage_data
 
 overrides = {k: CommandLineValue(v) for k, v in [a.split("=", 1) for a in sys.argv[1:]]}
 recipe = load_recipe("recipes/tiny/sft.yaml", "sft", overrides)

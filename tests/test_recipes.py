@@ -7,9 +7,9 @@ from importlib.resources import files
 import datasets
 import pytest
 
+from align.config.recipes import RecipeError, load_pipeline, load_recipe, parse_overrides
 from align.data import load_mixture
-from align.model_loading import build_model
-from align.recipes import RecipeError, load_pipeline, load_recipe, parse_overrides
+from align.model.model_loading import build_model
 from jetmoe_model import JetMoEConfig
 
 STAGE_RECIPES = {path: "dpo" if "dpo" in path else "sft"

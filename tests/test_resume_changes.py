@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import align.stage
-from align.checkpoints import ResumeError
+import align.training.stage
 from align.cli import main
-from align.recipes import load_recipe
-from align.resume_changes import SETTINGS_FILE, UNSET, recorded_settings, resume_changes, training_changes
-from align.sft import run_sft
+from align.config.recipes import load_recipe
+from align.runs.checkpoints import ResumeError
+from align.runs.resume_changes import SETTINGS_FILE, UNSET, recorded_settings, resume_changes, training_changes
+from align.training.sft import run_sft
 
 # A constant learning rate, a checkpoint at step 2: a resumed step's update is proportional to its learning rate.
 STEPS = ["--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--logging_steps", "1",
@@ -37,7 +37,7 @@ def nothing_loads(monkeypatch):
     def loading(*args, **kwargs):
         raise AssertionError("the stage started loading")
 
-    monkeypatch.setattr(align.stage, "_run_stage", loading)
+    monkeypatch.setattr(align.training.stage, "_run_stage", loading)
 
 
 def resume_argv(output_dir: Path, *changes: str) -> list[str]:
@@ -86,7 +86,8 @@ def test_settings_that_do_not_change_the_training_resume_silently(trained, tmp_p
 
 def test_the_stage_itself_refuses_before_loading(trained, monkeypatch):
     """Called without the CLI's pre-flight check (as a library), the stage refuses the same way."""
-    monkeypatch.setattr(align.stage, "load_tokenizer", lambda *args: pytest.fail("the stage loaded a tokenizer"))
+    monkeypatch.setattr(align.training.stage, "load_tokenizer",
+                        lambda *args: pytest.fail("the stage loaded a tokenizer"))
     recipe = load_recipe("recipes/tiny/sft.yaml", "sft", {"output_dir": str(trained), "learning_rate": "5e-3",
                                                           "lr_scheduler_type": "constant", "warmup_steps": "0",
                                                           "max_steps": 2})
@@ -169,7 +170,7 @@ def test_an_accepted_learning_rate_reaches_the_optimizer_and_scheduler():
     """The restored optimizer takes the recipe's hyperparameters, keeping the checkpoint's moments."""
     from torch.optim.lr_scheduler import LambdaLR
 
-    from align.resume_trainer import ResumeSettingsMixin
+    from align.training.resume_trainer import ResumeSettingsMixin
 
     parameter = torch.nn.Parameter(torch.ones(2))
 

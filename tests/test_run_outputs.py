@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from align.plots import plot_log_history
-from align.recipes import load_recipe
-from align.tied_weights import TiedWeightsResumeMixin, tied_parameter_names
+from align.config.recipes import load_recipe
+from align.runs.plots import plot_log_history
+from align.training.tied_weights import TiedWeightsResumeMixin, tied_parameter_names
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 from conftest import tiny_config_kwargs

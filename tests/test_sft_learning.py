@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig
 
-from align.sft import sft_trainer
+from align.training.sft import sft_trainer
 from alignment_fixtures import QUIET_ARGS, chat, tiny_model, tokenizer_for
 
 ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "elk", "yak"]

@@ -8,7 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ..generate import ChatModel, Sampling
+from ..inference.generate import ChatModel, Sampling
 from .questions import TEMPERATURE, Question
 
 

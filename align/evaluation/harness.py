@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
+from ..config.recipes import RecipeError, did_you_mean
 from ..data import DataError
-from ..recipes import RecipeError, did_you_mean
 from .harness_presets import MODEL_CARD, PRESETS, expand
-from .harness_table import harness_table, write_table
+from .harness_table import harness_table, model_key, result_file, write_table
 from .settings import HarnessSettings
 
 INSTALL = "pip install -e '.[harness]' (make harness installs it)"
@@ -85,18 +85,6 @@ def shots(task: str, settings: HarnessSettings) -> int | None:
     return PRESETS[task].num_fewshot if task in PRESETS else None
 
 
-def model_key(model_dir: str) -> str:
-    """The directory a model's results go to: its path (or hub id) as lm-eval sanitises model names, so that
-    `runs/a/dpo` and `runs/b/dpo` stay apart."""
-    from lm_eval.utils import sanitize_model_name
-
-    return sanitize_model_name(str(model_dir).rstrip("/").removeprefix("./"))
-
-
-def result_file(out: Path, model_dir: str, task: str) -> Path:
-    return out / model_key(model_dir) / f"{task}.json"
-
-
 def _run_settings(model_dir: str, task: str, settings: HarnessSettings) -> dict:
     """What makes a result: a pair run with other settings is run again."""
     return {"model_dir": str(model_dir), "engine": settings.engine, "num_fewshot": shots(task, settings),
@@ -137,7 +125,7 @@ def write_results(out: Path, model_dir: str, task: str, results: dict, settings:
 @contextmanager
 def loaded_model(model_dir: str, settings: HarnessSettings) -> Iterator:
     """The lm-eval model of `settings.engine` on the checkpoint (an adapter dir merged into its base first)."""
-    from ..export import full_checkpoint
+    from ..inference.export import full_checkpoint
 
     with full_checkpoint(model_dir) as checkpoint:  # both engines load everything while it exists
         if settings.engine == "jetmoe":
@@ -164,8 +152,8 @@ def _lm_eval():
 
 
 def _check_models(model_dirs: list[str]) -> None:
-    from ..checkpoints import CheckpointFileError
-    from ..preflight import path_problems
+    from ..runs.checkpoints import CheckpointFileError
+    from ..runs.preflight import path_problems
 
     for model_dir in model_dirs:
         problems = path_problems("eval harness", model_dir, set(), ("config.json", "adapter_config.json"))

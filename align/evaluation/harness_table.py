@@ -1,7 +1,9 @@
 """The harness table: a row per task and metric, a column per model (in the order given: base -> SFT -> DPO shows
 what alignment changed), and JetMoE-8B's published number beside the model card's tasks. Read from the results
 files lm-eval wrote, so it shows whatever pairs are done. Model-card tasks in percent, as the card; other tasks in
-lm-eval's own units."""
+lm-eval's own units.
+Where each (model, task)'s results file lies (`result_file`) is said here too: `harness` writes them, the table
+reads them."""
 
 import json
 from pathlib import Path
@@ -13,9 +15,19 @@ PUBLISHED = "JetMoE-8B (model card)"
 _NOT_METRICS = {"alias", "name", "sample_len", " ", ""}
 
 
-def _record(out: Path, model_dir: str, task: str) -> dict | None:
-    from .harness import result_file
+def model_key(model_dir: str) -> str:
+    """The directory a model's results go to: its path (or hub id) as lm-eval sanitises model names, so that
+    `runs/a/dpo` and `runs/b/dpo` stay apart."""
+    from lm_eval.utils import sanitize_model_name
 
+    return sanitize_model_name(str(model_dir).rstrip("/").removeprefix("./"))
+
+
+def result_file(out: Path, model_dir: str, task: str) -> Path:
+    return out / model_key(model_dir) / f"{task}.json"
+
+
+def _record(out: Path, model_dir: str, task: str) -> dict | None:
     path = result_file(out, model_dir, task)
     return json.loads(path.read_text()) if path.is_file() else None
 

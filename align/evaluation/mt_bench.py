@@ -8,9 +8,9 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
+from ..config.recipes import RecipeError
 from ..data import DataError
-from ..recipes import RecipeError
-from ..generate import add_engine_argument, load_chat_model
+from ..inference.generate import add_engine_argument, load_chat_model
 from . import published
 from .answers import write_answers
 from .judge import JudgeClient, judge_requests, run_judging

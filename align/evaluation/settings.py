@@ -3,6 +3,7 @@ the DPO output when the pipeline has trained it."""
 
 from dataclasses import dataclass
 
+from ..config.engines import ENGINES
 from . import published
 
 
@@ -17,13 +18,11 @@ class MTBenchSettings:
     judge_workers: int = 8
     max_new_tokens: int = 1024
     batch_size: int = 40  # memory grows with it: 80 (all) peaked at 78.5 GiB at the 8B shape
-    engine: str = "jetmoe"  # or "transformers": its JetMoeForCausalLM and generate (align.generate.ENGINES)
+    engine: str = "jetmoe"  # or "transformers": its JetMoeForCausalLM and generate (align.config.engines)
     per_category: int | None = None  # the first N questions of each category only
     note: str = ""  # a line for the score table
 
     def __post_init__(self):
-        from ..generate import ENGINES  # here: generate imports the recipe reader, which imports this module
-
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -45,8 +44,6 @@ class HarnessSettings:
     log_samples: bool = False  # also write lm-eval's per-document samples
 
     def __post_init__(self):
-        from ..generate import ENGINES
-
         if isinstance(self.tasks, str):
             self.tasks = [name.strip() for name in self.tasks.split(",") if name.strip()]
         if not self.tasks:

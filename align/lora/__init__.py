@@ -5,4 +5,7 @@
     routed_experts  that layer: PEFT's `ParamWrapper` parameters, routed low-rank matmuls instead of `W + BA`
     adapters        add fresh adapters to a model, load saved ones
     stage_support   a loadable base for the adapter, stock-loadable saved configs
+
+May import: `align.model`, `align.runs` (`arguments` imports nothing of ours: the recipe reader, `align.config`,
+reads it). Not the stages, inference, evaluation or the command line, which build on it.
 """

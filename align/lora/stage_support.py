@@ -16,7 +16,7 @@ from torch import nn
 
 from jetmoe_model import JetMoEForCausalLM
 
-from ..atomic_files import staged_directory
+from ..runs.atomic_files import staged_directory
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def untie_embeddings(model: JetMoEForCausalLM) -> None:
 def lora_base_model(model_args, tokenizer, output_dir: str | Path, seed: int, device=None) -> JetMoEForCausalLM:
     """The model a LoRA stage puts fresh adapters on: the checkpoint its adapter will name, or (weights only in
     memory) the model as just saved under `{output_dir}/base`, which the adapter then names."""
-    from ..model_loading import build_model
+    from ..model.model_loading import build_model
 
     if is_adapter_dir(model_args.name_or_path):
         base_args = dataclasses.replace(model_args, name_or_path=adapter_base(model_args.name_or_path))

@@ -6,7 +6,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
-from .recipes import ModelArgs
+from ..config.recipes import ModelArgs
 
 def _dtype(name: str):
     return name if name == "auto" else getattr(torch, name)

@@ -11,12 +11,12 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .data import DataError
-from .data.jsonl import jsonl_rows
-from .recipes import RecipeError
+from ..config.engines import ENGINES
+from ..config.recipes import RecipeError
+from ..data import DataError
+from ..data.jsonl import jsonl_rows
 
 CHAT_COMMANDS = "/reset starts a new conversation, /exit (or end of input) ends"
-ENGINES = ("jetmoe", "transformers")
 
 
 @dataclass
@@ -41,9 +41,9 @@ class ChatModel:
 
         from jetmoe_model import JetMoEForCausalLM
 
-        from .checkpoints import CheckpointFileError
-        from .preflight import path_problems
-        from .tokenizer import TOKENIZER_FILES, has_tokenizer
+        from ..model.tokenizer import TOKENIZER_FILES, has_tokenizer
+        from ..runs.checkpoints import CheckpointFileError
+        from ..runs.preflight import path_problems
 
         if engine not in ENGINES:
             raise RecipeError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")

@@ -7,7 +7,7 @@ import dataclasses
 import re
 import typing
 
-from .recipes import DEFAULT_REPORT_TO, PipelineRecipe, section_classes
+from ..config.recipes import DEFAULT_REPORT_TO, PipelineRecipe, section_classes
 
 SECTIONS = """\
 recipe sections (YAML):
@@ -68,7 +68,7 @@ def field_lines(cls, prefix: str, defaults: dict | None = None) -> list[str]:
 
 
 def fields_help(command: str) -> str:
-    from .data import DataSource
+    from ..data import DataSource
 
     stages = ("sft", "dpo") if command == "pipeline" else (command,)
     blocks = []

@@ -4,8 +4,8 @@ import json
 import logging
 from pathlib import Path
 
+from ..config.recipes import Recipe
 from .dpo import run_dpo
-from .recipes import Recipe
 from .sft import run_sft
 
 logger = logging.getLogger(__name__)
@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 def run_pipeline(sft: Recipe, dpo: Recipe, resume: bool = False, accept_changes: bool = False) -> tuple[Path, Path]:
     """With `resume`, each stage continues from its last checkpoint when it has one (a finished stage then only
-    re-saves), so an interrupted pipeline picks up where it stopped; `accept_changes`: `align.resume_changes`."""
+    re-saves), so an interrupted pipeline picks up where it stopped; `accept_changes`: `align.runs.resume_changes`."""
     sft_dir = run_sft(sft, resume=resume, require_checkpoint=False, accept_changes=accept_changes)
     dpo_dir = run_dpo(dpo, resume=resume, require_checkpoint=False, accept_changes=accept_changes)
     return sft_dir, dpo_dir

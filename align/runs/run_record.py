@@ -22,7 +22,7 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
+def git_state(repo: Path = Path(__file__).resolve().parents[2]) -> dict:
     """The commit the code ran from, and whether the tree had uncommitted changes (None outside a git checkout)."""
 
     def git(*args):
@@ -41,7 +41,7 @@ def git_state(repo: Path = Path(__file__).resolve().parent.parent) -> dict:
 def run_record(recipe, data, resumed_from: str | None, started: float, settings: dict,
                resume_changes: dict) -> dict:
     """`data`: the stage's `PreparedData` (its counts, and where it was prepared); `settings`: the run's
-    (`align.resume_changes.run_settings`); `resume_changes`: the changed settings a resume accepted, each with
+    (`align.runs.resume_changes.run_settings`); `resume_changes`: the changed settings a resume accepted, each with
     its recorded, new and used value."""
     return {
         "stage": recipe.stage,

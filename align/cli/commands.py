@@ -34,19 +34,19 @@ from pathlib import Path
 from accelerate import PartialState
 from jetmoe_model import JetMoECheckpointError, JetMoEInputError
 
-from .checkpoints import CheckpointFileError, ResumeError
-from .cli_help import add_accept_changes_argument, add_stage_command
-from .data import DataError
-from .disk_full import disk_full_line
-from .evaluation import harness, mt_bench
-from .export import ExportError
-from .generate import __doc__ as generate_doc
-from .generate import add_generate_arguments, run_generate
-from .nonfinite import NonFiniteError
-from .preemption import Preempted
-from .preflight import preflight
-from .recipes import RecipeError, load_pipeline, load_pipeline_eval, load_recipe, parse_overrides, read_yaml
-from .run_lock import OutputDirError, clear_earlier_run
+from ..config.recipes import RecipeError, load_pipeline, load_pipeline_eval, load_recipe, parse_overrides, read_yaml
+from ..data import DataError
+from ..evaluation import harness, mt_bench
+from ..inference.export import ExportError
+from ..inference.generate import __doc__ as generate_doc
+from ..inference.generate import add_generate_arguments, run_generate
+from ..runs.checkpoints import CheckpointFileError, ResumeError
+from ..runs.disk_full import disk_full_line
+from ..runs.preemption import Preempted
+from ..runs.preflight import preflight
+from ..runs.run_lock import OutputDirError, clear_earlier_run
+from ..training.nonfinite import NonFiniteError
+from .help_text import add_accept_changes_argument, add_stage_command
 
 USER_ERRORS = (RecipeError, DataError, ResumeError, ExportError, CheckpointFileError, OutputDirError,
                JetMoECheckpointError, JetMoEInputError, OSError)
@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args, overrides: dict) -> None:
     if args.command in ("sft", "dpo"):
-        from .dpo import run_dpo
-        from .sft import run_sft
+        from ..training.dpo import run_dpo
+        from ..training.sft import run_sft
 
         run = {"sft": run_sft, "dpo": run_dpo}[args.command]
         recipe = load_recipe(args.recipe, args.command, overrides)
@@ -107,7 +107,7 @@ def _run(args, overrides: dict) -> None:
         _say(f"\n{args.command.upper()} results: {output_dir}/ (checkpoint, tokenizer, metrics.json, run.json; "
              f"trainer_state.json, train.log, plots: {', '.join(sorted(p.name for p in output_dir.glob('*.png')))})")
     elif args.command == "pipeline":
-        from .pipeline import run_pipeline, summary
+        from ..training.pipeline import run_pipeline, summary
 
         recipes = load_pipeline(args.recipe, overrides)
         evaluation = load_pipeline_eval(args.recipe)
@@ -123,8 +123,8 @@ def _run(args, overrides: dict) -> None:
                   accept_changes=args.resume_accept_changes)
         _say(f"{args.recipe}: ok (" + ", ".join(f"{r.stage} -> {r.training.output_dir}" for r in recipes) + ")")
     elif args.command == "prepare":
-        from .stage import prepare_stage_data
-        from .tokenizer import load_tokenizer
+        from ..model.tokenizer import load_tokenizer
+        from ..training.stage import prepare_stage_data
 
         recipes = _load_any(args.recipe, overrides)
         for recipe in recipes:
@@ -134,8 +134,8 @@ def _run(args, overrides: dict) -> None:
                  f"{len(data.train)} train / {len(data.test)} test rows as the trainer takes them; "
                  f"{data.report.train_rows} / {data.report.test_rows} examples)")
     elif args.command == "init-tiny":
-        from .model_loading import build_model
-        from .tokenizer import load_tokenizer
+        from ..model.model_loading import build_model
+        from ..model.tokenizer import load_tokenizer
 
         recipe = load_recipe(args.recipe, "sft", overrides)
         tokenizer = load_tokenizer(recipe.tokenizer_name_or_path, recipe.tokenizer.chat_template)
@@ -143,7 +143,7 @@ def _run(args, overrides: dict) -> None:
         tokenizer.save_pretrained(args.out_dir)
         _say(f"base model and tokenizer: {args.out_dir}/")
     elif args.command == "build-tokenizer":
-        from .tokenizer import build_tokenizer, corpus_from_files
+        from ..model.tokenizer import build_tokenizer, corpus_from_files
 
         samples = Path(args.samples)
         if not samples.is_dir():
@@ -155,7 +155,7 @@ def _run(args, overrides: dict) -> None:
     elif args.command == "eval":
         {"mt-bench": mt_bench, "harness": harness}[args.benchmark].run(args)
     elif args.command == "export":
-        from .export import export_merged
+        from ..inference.export import export_merged
 
         _say(f"merged model and tokenizer: {export_merged(args.adapter_dir, args.out_dir, args.overwrite)}/")
 

@@ -27,8 +27,8 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, overwrite: bool 
 
     from jetmoe_model import JetMoEForCausalLM
 
-    from .lora.stage_support import adapter_base, is_adapter_dir, merge_adapter
-    from .tokenizer import TOKENIZER_FILES, has_tokenizer
+    from ..lora.stage_support import adapter_base, is_adapter_dir, merge_adapter
+    from ..model.tokenizer import TOKENIZER_FILES, has_tokenizer
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
@@ -92,7 +92,7 @@ def _replace(out_dir: Path, staged: Path) -> None:
 def full_checkpoint(model_dir: str) -> Iterator[str]:
     """A checkpoint (dir or hub id) as it is; a LoRA adapter dir merged into its base (`export_merged`), in a
     temporary dir removed on leaving, so what is evaluated is the merged model."""
-    from .lora.stage_support import is_adapter_dir
+    from ..lora.stage_support import is_adapter_dir
 
     if not is_adapter_dir(model_dir):
         yield model_dir

@@ -13,17 +13,18 @@ TRL's loss code runs unchanged on the same log-probs.
 from datasets import Dataset
 from trl import DPOTrainer
 
-from .data.encoding import pair_length
+from ..config.recipes import Recipe
+from ..data.encoding import pair_length
 from .distributed import copy_model
-from .recipes import Recipe
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
 
 
 class PairLengthsMixin:
-    """Token-sized micro-batches for DPO (`align.token_batches`, `train_sampling_strategy: batch_rebalance`: the
-    effective batch stays `per_device_train_batch_size * gradient_accumulation_steps * GPUs` pairs). The sampler
-    reads a `length` column, which DPO's tokenised data lacks: a pair's chosen plus rejected tokens."""
+    """Token-sized micro-batches for DPO (`align.training.token_batches`, `train_sampling_strategy:
+    batch_rebalance`: the effective batch stays `per_device_train_batch_size * gradient_accumulation_steps * GPUs`
+    pairs). The sampler reads a `length` column, which DPO's tokenised data lacks: a pair's chosen plus rejected
+    tokens."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if isinstance(dataset, Dataset) and {"prompt_ids", "length"} <= set(dataset.column_names):

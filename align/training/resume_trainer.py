@@ -1,4 +1,4 @@
-"""The trainer's side of `align.resume_changes`: every checkpoint records the settings it was trained with, a
+"""The trainer's side of `align.runs.resume_changes`: every checkpoint records the settings it was trained with, a
 resume that accepted changes trains with the recipe's optimizer hyperparameters, and one that changed the model's
 shape ends in one line.
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from torch.optim.lr_scheduler import LambdaLR
 
-from .checkpoints import CheckpointFileError
-from .resume_changes import write_settings
+from ..runs.checkpoints import CheckpointFileError
+from ..runs.resume_changes import write_settings
 
 logger = logging.getLogger(__name__)
 

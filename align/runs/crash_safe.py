@@ -3,9 +3,9 @@
 transformers' `Trainer` writes `checkpoint-N` in place, so a kill during a save leaves a directory that looks like
 the newest checkpoint but is not complete; its rotation (`save_total_limit`) may delete the checkpoint a resumed
 run came from; and its `train_loss` after a resume averages only the steps run since. This mixin makes the
-trainer save into a staging directory that `align.checkpoints.publish` flushes and renames, rotate by step while
+trainer save into a staging directory that `align.runs.checkpoints.publish` flushes and renames, rotate by step while
 keeping the resumed-from checkpoint, and carry the summed loss of every step in each checkpoint (with the count of
-steps skipped for a non-finite loss, `align.step_guard`, which the mean loss leaves out). Its trainer state is
+steps skipped for a non-finite loss, `align.training.step_guard`, which the mean loss leaves out). Its trainer state is
 written as strict JSON (NaN as "NaN"). A save that fails for want of space names the checkpoint and says so.
 """
 
@@ -30,7 +30,7 @@ class CrashSafeCheckpointsMixin:
     _staging: Path | None = None
     _resumed_from: str | None = None
     _earlier: LossTally | None = None  # the tally of the checkpoint the run resumed from
-    skipped_steps: int = 0  # in the whole run; counted by align.step_guard
+    skipped_steps: int = 0  # in the whole run; counted by align.training.step_guard
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs):
         """`resume_from_checkpoint` is a path here (the stage picks the checkpoint)."""

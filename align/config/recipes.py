@@ -7,7 +7,7 @@ A stage recipe has four sections:
     data:       align.data.DataMixture (the sources to mix)
     training:   trl.SFTConfig or trl.DPOConfig fields, under TRL's own names
     lora:       align.lora.arguments.LoraArguments (optional: when present, the stage trains LoRA adapters)
-    guard:      align.guard_args.GuardArgs (optional: non-finite loss or gradient, SIGTERM)
+    guard:      align.config.guard_args.GuardArgs (optional: non-finite loss or gradient, SIGTERM)
 
 Overrides use TRL's names for training fields (`--output_dir X --max_steps 3`) and `section.field` for the
 others (`--model.moe_backend torch`, `--data.seed 1`). Unknown keys, in a file or on the command line, are errors
@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import yaml
 
-from .data import DataMixture, DataSource
-from .evaluation.settings import HarnessSettings, MTBenchSettings, PipelineEval
+from ..data import DataMixture, DataSource
+from ..evaluation.settings import HarnessSettings, MTBenchSettings, PipelineEval
+from ..lora.arguments import LoraArguments
 from .guard_args import GuardArgs
-from .lora.arguments import LoraArguments
 
 STAGES = ("sft", "dpo")
 SECTIONS = ("model", "tokenizer", "data", "training", "lora", "guard")
@@ -63,7 +63,7 @@ class ModelArgs:
 @dataclass
 class TokenizerArgs:
     name_or_path: str | None = None  # None: the model's
-    chat_template: str = "zephyr"  # a name from align.chat_template, or a Jinja template
+    chat_template: str = "zephyr"  # a name from align.model.chat_template, or a Jinja template
 
 
 @dataclass

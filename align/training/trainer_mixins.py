@@ -3,7 +3,7 @@ checkpoint on SIGTERM, checkpoints that survive a kill and record the run's sett
 applied on resume, no extra step after a finished resume, no tied-weight noise on resume, JetMoE's router
 losses, token-balanced micro-batches."""
 
-from .crash_safe import CrashSafeCheckpointsMixin
+from ..runs.crash_safe import CrashSafeCheckpointsMixin
 from .resume_trainer import ResumeSettingsMixin
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin

@@ -3,7 +3,7 @@ never part of one: each is written under a temporary name beside its target, flu
 then renamed over it, in one step. A saved model (several files) is written into a staging directory inside its
 target directory, and its files are then moved over their namesakes one by one, each move atomic.
 
-Out of space on the way, the error names the target and says so (`align.disk_full`), and the temporary file or
+Out of space on the way, the error names the target and says so (`align.runs.disk_full`), and the temporary file or
 staging directory is removed, which frees what it took."""
 
 import json

@@ -69,7 +69,7 @@ def chat_template_problem(name_or_template: str) -> str | None:
 def set_chat_template(tokenizer, name_or_template: str = "zephyr"):
     """Put the template on `tokenizer` (saved with it into `tokenizer_config.json`/`chat_template.jinja`); a
     template that cannot be used ends in one line naming the recipe field."""
-    from .recipes import RecipeError
+    from ..config.recipes import RecipeError
 
     problem = chat_template_problem(name_or_template)
     if problem:

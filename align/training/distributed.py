@@ -14,10 +14,10 @@ DDP, ZeRO-2 and FSDP need nothing here: DDP and ZeRO-2 keep whole weights on eve
 (`recipes/accelerate_configs/fsdp.yaml`) shards per `JetMoEDecoderLayer`, which gathers the layer's expert weights
 for its whole forward and backward.
 
-Router losses: each rank computes the load-balancing and z-losses on its own micro-batch (`align/router_loss.py`),
-and the data-parallel engines average gradients over ranks, so the router term trains on the mean of the per-rank
-losses, as gradient accumulation does over micro-batches. tests/test_multiprocess.py checks 2 processes against
-1 process with 2 accumulation steps.
+Router losses: each rank computes the load-balancing and z-losses on its own micro-batch
+(`align/training/router_loss.py`), and the data-parallel engines average gradients over ranks, so the router term
+trains on the mean of the per-rank losses, as gradient accumulation does over micro-batches.
+tests/test_multiprocess.py checks 2 processes against 1 process with 2 accumulation steps.
 """
 
 import copy
@@ -29,7 +29,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from jetmoe_model.attention import MoAAttention
 from jetmoe_model.experts import MoEMLP
 
-from .recipes import RecipeError
+from ..config.recipes import RecipeError
 
 EXPERT_LAYERS = (MoAAttention, MoEMLP)
 

@@ -13,20 +13,20 @@ logging window (`logging_nan_inf_filter`), which is 0.0 at a window's first step
 logged `loss: 0.0` and its `train_loss` left those steps out. Here the run stops at the first non-finite step,
 before any window includes it; a skipped step's loss is left out of both the logged window mean and `train_loss`
 (which average the steps that trained), each training log entry carries `skipped_steps`, and a window whose
-steps were all skipped logs NaN. Weights are checked for NaN before each save (`align.nonfinite`).
+steps were all skipped logs NaN. Weights are checked for NaN before each save (`align.training.nonfinite`).
 """
 
 import logging
 
 import torch
 
-from .atomic_files import json_safe
-from .checkpoints import checkpoints
-from .guard_args import GuardArgs
+from ..config.guard_args import GuardArgs
+from ..config.recipes import RecipeError
+from ..runs.atomic_files import json_safe
+from ..runs.checkpoints import checkpoints
+from ..runs.preemption import EXIT_STATUS, Preempted, SigtermWatch
+from ..runs.run_logging import file_only_logger
 from .nonfinite import NonFiniteError, first_nonfinite, nonfinite_flags
-from .preemption import EXIT_STATUS, Preempted, SigtermWatch
-from .recipes import RecipeError
-from .run_logging import file_only_logger
 
 logger = logging.getLogger(__name__)
 

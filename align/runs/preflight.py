@@ -7,7 +7,7 @@ locally (with the files a saved model has, valid JSON, intact safetensors header
 sources that exist with the splits they name (each once), the chat template (a known name, or Jinja that renders
 a sample conversation), output directories that are writable, not in use by another run and not holding an
 earlier run (unless resuming or overwriting), and on `--resume` a recipe that trains as the checkpoint was
-trained (`align.resume_changes`). `python -m align check RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run
+trained (`align.runs.resume_changes`). `python -m align check RECIPE` runs it alone; `sft`, `dpo` and `pipeline` run
 it first. Every problem is reported in one line.
 """
 
@@ -18,11 +18,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from .chat_template import chat_template_problem
+from ..config.recipes import Recipe, RecipeError
+from ..data import DataError
+from ..data.sources import HUB_ID, check_local_splits
+from ..model.chat_template import chat_template_problem
 from .checkpoints import CheckpointFileError, ResumeError, check_safetensors, checkpoint_to_resume
-from .data import DataError
-from .data.sources import HUB_ID, check_local_splits
-from .recipes import Recipe, RecipeError
 from .resume_changes import resume_changes, run_settings
 from .run_lock import OutputDirError, earlier_run_problem, output_dir_lock
 

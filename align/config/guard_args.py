@@ -1,5 +1,5 @@
 """A recipe's `guard:` section: what a stage does when its training goes wrong as it runs. Plain data, so recipes
-parse fast; the trainer side is `align.step_guard`."""
+parse fast; the trainer side is `align.training.step_guard`."""
 
 from dataclasses import dataclass
 from typing import Literal

@@ -4,7 +4,7 @@ Under DeepSpeed the trainer's checkpoint holds, beside our files, the engine's: 
 shards (ZeRO-3: `zero_pp_rank_R_mp_rank_00_model_states.pt` and `..._optim_states.pt` per rank; ZeRO-1/2 one
 `mp_rank_00_model_states.pt` and an optimizer shard per rank) and `latest`, which names `global_stepK` and is
 written last. DeepSpeed writes them into the directory transformers gives it, which is our staging directory
-(`align.crash_safe`), so a save cut short is never published; this check catches the rest (a copy cut short, a
+(`align.runs.crash_safe`), so a save cut short is never published; this check catches the rest (a copy cut short, a
 shard lost), naming the file, so that resuming falls back to an older checkpoint instead of failing in DeepSpeed.
 """
 

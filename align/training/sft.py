@@ -5,7 +5,7 @@ import copy
 
 from trl import SFTTrainer
 
-from .recipes import Recipe
+from ..config.recipes import Recipe
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
 

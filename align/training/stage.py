@@ -1,7 +1,7 @@
 """One training stage, whichever the trainer: load tokenizer, model and data; train (or resume); save the checkpoint
 with its tokenizer; write metrics.json and run.json. `sft.py` and `dpo.py` only say how to build their trainer.
 
-Every file is written atomically (`align.atomic_files`): a failure, a full disk included, leaves the old file or
+Every file is written atomically (`align.runs.atomic_files`): a failure, a full disk included, leaves the old file or
 none, and `--resume` then re-saves them all from the last checkpoint."""
 
 import dataclasses
@@ -14,22 +14,22 @@ from pathlib import Path
 from transformers import set_seed
 from transformers.trainer_utils import TrainOutput
 
-from .atomic_files import staged_directory, write_json_atomically
-from .checkpoints import checkpoint_step, checkpoint_to_resume, read_loss_tally
-from .data.prepare import PreparedData, TrainerShape, prepare_data
+from ..config.recipes import Recipe
+from ..data.prepare import PreparedData, TrainerShape, prepare_data
+from ..lora.config import jetmoe_lora_config
+from ..lora.stage_support import lora_base_model, stock_loadable
+from ..model.model_loading import build_model
+from ..model.tokenizer import load_tokenizer
+from ..runs.atomic_files import staged_directory, write_json_atomically
+from ..runs.checkpoints import checkpoint_step, checkpoint_to_resume, read_loss_tally
+from ..runs.plots import plot_log_history
+from ..runs.quiet import silence_known_floods
+from ..runs.resume_changes import changes_record, describe, resume_changes, run_settings
+from ..runs.run_lock import claimed_output_dir
+from ..runs.run_logging import MetricsToTrainLog, writes_train_log
+from ..runs.run_record import run_record
 from .distributed import prepare_for_sharding, refuse_fsdp2_evaluation
-from .lora.config import jetmoe_lora_config
-from .lora.stage_support import lora_base_model, stock_loadable
-from .model_loading import build_model
-from .plots import plot_log_history
-from .quiet import silence_known_floods
-from .recipes import Recipe
-from .resume_changes import changes_record, describe, resume_changes, run_settings
-from .run_lock import claimed_output_dir
-from .run_logging import MetricsToTrainLog, writes_train_log
-from .run_record import run_record
 from .stage_engines import fresh_engine_state, release_engines
-from .tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool = False
               require_checkpoint: bool = True, accept_changes: bool = False) -> Path:
     """`resume` continues from the newest complete `checkpoint-*` in the output dir (an error if there is none,
     unless `require_checkpoint` is off: then the stage starts afresh), with the settings it recorded unless
-    `accept_changes` (`align.resume_changes`). One run at a time per output dir."""
+    `accept_changes` (`align.runs.resume_changes`). One run at a time per output dir."""
     with claimed_output_dir(recipe.training, resume):
         return _run_stage(recipe, make_trainer, resume, require_checkpoint, accept_changes)
 
