@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # `make test-oldest`: the suite on the lowest versions the pins allow (.ci/oldest.txt), in a venv of its own; all
-# but the tests of our Triton kernels, which depend only on torch and Triton (the same versions in both venvs).
+# but the tests of our Triton kernels, which depend only on torch and Triton (the same versions in both venvs), and
+# the end-to-end runs marked slow (kills, resumes, several processes, the harness), which `make test` runs: they
+# test our orchestration on the same library code paths the fast tests already cross, and would double CI's time.
 OLDEST_VENV ?= .venv-oldest
 OLDEST_TESTS ?= tests '--ignore-glob=tests/test_kernels_*' --ignore=tests/test_lora_kernels.py \
-	--ignore=tests/test_model_triton.py
+	--ignore=tests/test_model_triton.py -m "not slow"
 # CPU machines get the CPU wheel of torch; machines with an NVIDIA driver get the normal CUDA wheel.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.11,<2.15" || echo "torch==2.13.0")
 RECIPE ?= recipes/tiny/pipeline.yaml
