@@ -43,15 +43,21 @@ def grads_of(model) -> dict:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_sft_loss_metrics_and_gradients_from_trained_positions_only(tmp_path, response_rows_only):
-    trainer, _ = sft_setup(tmp_path, max_steps=1)
-    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+def trainer_step(trainer, rows: int):
+    """The trainer's own loss and backward on its first `rows` rows: the batch, the model, the loss, the
+    gradients and the metrics the trainer logged."""
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(rows)]))
     model = trainer.model.train()
     model.zero_grad()
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
-    ours = grads_of(model)
     metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    return batch, model, loss, grads_of(model), metrics
+
+
+def test_sft_loss_metrics_and_gradients_from_trained_positions_only(tmp_path, response_rows_only):
+    trainer, _ = sft_setup(tmp_path, max_steps=1)
+    batch, model, loss, ours, metrics = trainer_step(trainer, rows=4)
     trained = int((batch["labels"][:, 1:] != -100).sum())
     assert response_rows_only == [trained] and trained < batch["labels"][:, 1:].numel() // 2
 
@@ -76,13 +82,7 @@ def test_dpo_loss_rewards_and_gradients_from_response_positions_only(tmp_path, r
         generator = torch.Generator().manual_seed(0)
         for _, param in sorted(trainer.model.named_parameters()):
             param.add_(torch.randn(param.shape, generator=generator) * 0.02)
-    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(6)]))
-    model = trainer.model.train()
-    model.zero_grad()
-    loss = trainer.compute_loss(model, dict(batch))
-    loss.backward()
-    ours = grads_of(model)
-    metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    batch, model, loss, ours, metrics = trainer_step(trainer, rows=6)
     responses = int(batch["completion_mask"][:, 1:].sum())
     assert response_rows_only == [responses, responses]  # policy and reference
     assert responses < int(batch["attention_mask"].sum()) * 3 // 4

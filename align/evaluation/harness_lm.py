@@ -10,8 +10,6 @@ few-shot contexts, result bookkeeping), with the model work done our way on our 
 Registered with lm-eval as `jetmoe-align`, so `simple_evaluate(model="jetmoe-align", model_args="pretrained=DIR")`
 works too. lm-eval's stock `hf` model is the `--engine transformers` comparison."""
 
-import logging
-from contextlib import contextmanager
 from itertools import accumulate
 
 import torch
@@ -23,21 +21,11 @@ from tqdm import tqdm
 
 from jetmoe_model import JetMoEForCausalLM, decoding
 
+from ..runs.quiet import errors_only
+
 # Tokens in one packed forward: ~50 five-shot MMLU prompts; at the JetMoE-8B shape its activations and the scored
 # positions' logits take a few GiB.
 MAX_BATCH_TOKENS = 32768
-
-
-@contextmanager
-def _quiet_construction():
-    """HFLM warns at length when handed a loaded model (about accelerate launches we do not make)."""
-    logger = logging.getLogger("lm_eval.models.huggingface")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @register_model("jetmoe-align")
@@ -55,7 +43,7 @@ class JetMoEAlignLM(HFLM):
                                                            moe_backend="auto")
         if tokenizer is None:
             raise ValueError("jetmoe-align: a loaded model needs its tokenizer (tokenizer=...)")
-        with _quiet_construction():
+        with errors_only("lm_eval.models.huggingface"):  # HFLM warns at length when handed a loaded model
             super().__init__(pretrained=pretrained, tokenizer=tokenizer, **kwargs)
         self.max_batch_tokens = int(max_batch_tokens)
 

@@ -1,6 +1,9 @@
 """Warnings that flood a run's output without telling its user anything, stopped where they start."""
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def silence_known_floods(training_args) -> None:
@@ -12,3 +15,15 @@ def silence_known_floods(training_args) -> None:
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+@contextmanager
+def errors_only(logger_name: str) -> Iterator[None]:
+    """A library logger held at ERROR for the block: for warnings it repeats about something we report ourselves."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
