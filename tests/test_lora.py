@@ -127,3 +127,44 @@ def test_disabling_adapters_gives_the_base_model_for_dpo_reference(base_dir, tmp
 def test_unknown_target_is_named():
     with pytest.raises(ValueError, match="q_proj"):
         LoraArguments(targets=["kv_proj", "q_proj"])
+
+
+def test_quick_adapter_switch_gives_what_peft_disable_adapter_gives(base_dir, tmp_path):
+    """LoRA DPO's reference forward: the quick switch (`align.lora.adapter_switch`) against PEFT's own context."""
+    import copy
+
+    from align.lora.adapter_switch import install_quick_adapter_switch
+
+    model = trained_adapter(base_dir, tmp_path / "adapter")
+    with model.disable_adapter():
+        peft_reference = model(IDS).logits
+    policy = model(IDS).logits
+    assert install_quick_adapter_switch(model) and install_quick_adapter_switch(model)  # idempotent
+    with model.disable_adapter():
+        torch.testing.assert_close(model(IDS).logits, peft_reference, atol=0, rtol=0)
+        assert model._adapters_disabled
+    torch.testing.assert_close(model(IDS).logits, policy, atol=0, rtol=0)  # adapters back on
+    assert not model._adapters_disabled
+
+    layers = [module for module in model.modules() if hasattr(module, "lora_A")]  # kv_proj and the experts
+    with model.disable_adapter():
+        assert all(layer.disable_adapters for layer in layers)
+    layers[0]._disable_adapters = True  # a layer the user switched off stays off after the context
+    with model.disable_adapter():
+        pass
+    assert layers[0]._disable_adapters and not any(layer._disable_adapters for layer in layers[1:])
+    layers[0]._disable_adapters = False
+
+    twin = copy.deepcopy(model)  # the copy's switch acts on the copy
+    with twin.disable_adapter():
+        assert all(layer.disable_adapters for layer in twin.modules() if hasattr(layer, "lora_A"))
+        assert not any(layer._disable_adapters for layer in layers)
+
+
+def test_quick_adapter_switch_leaves_trained_routers_to_peft(base_dir, tmp_path):
+    """Trained routers are PEFT `modules_to_save` wrappers, which PEFT's context also switches: left to it."""
+    from align.lora.adapter_switch import install_quick_adapter_switch
+
+    model = trained_adapter(base_dir, tmp_path / "adapter", train_routers=True)
+    assert not install_quick_adapter_switch(model)
+    assert "disable_adapter" not in vars(model)

@@ -15,6 +15,7 @@ from trl import DPOTrainer
 
 from ..config.recipes import Recipe
 from ..data.encoding import pair_length
+from ..lora.adapter_switch import install_quick_adapter_switch
 from .distributed import copy_model
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
@@ -52,7 +53,20 @@ class SharedPromptsMixin:
         return super().compute_ref_log_probs(model, {**inputs, "preference_pairs": True})
 
 
-class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, SharedPromptsMixin, DPOTrainer):
+class QuickReferenceMixin:
+    """LoRA's reference is the policy with its adapters off, switched on every step (and every batch of a
+    precomputed reference pass) by `align.lora.adapter_switch` instead of PEFT's model scans."""
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        install_quick_adapter_switch(self.accelerator.unwrap_model(self.model))
+        return super()._compute_loss(model, inputs, return_outputs)
+
+    def compute_ref_log_probs(self, model, inputs):
+        install_quick_adapter_switch(self.accelerator.unwrap_model(self.model))
+        return super().compute_ref_log_probs(model, inputs)
+
+
+class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, SharedPromptsMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
 
