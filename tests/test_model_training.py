@@ -97,3 +97,18 @@ def test_router_losses_ignore_padding():
     padded_logits[~mask.reshape(-1).bool()] = 50.0  # garbage on pad rows must not matter
     torch.testing.assert_close(router_z_loss([padded_logits], mask), router_z_loss([real_rows]))
     torch.testing.assert_close(load_balancing_loss([padded_logits], 2, mask), load_balancing_loss([real_rows], 2))
+
+
+def test_router_losses_average_each_routers_own_loss():
+    """All routers are computed as one stacked batch; the result must be the mean of each router's loss taken
+    alone, with the same gradients (the per-router definition the model card describes)."""
+    from jetmoe_model.router_losses import load_balancing_loss, router_z_loss
+
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 4, requires_grad=True) for _ in range(5)]
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    for loss in (lambda rows: load_balancing_loss(rows, 2, mask), lambda rows: router_z_loss(rows, mask)):
+        together = loss(logits)
+        alone = torch.stack([loss([router]) for router in logits]).mean()
+        torch.testing.assert_close(together, alone)
+        torch.testing.assert_close(torch.autograd.grad(together, logits), torch.autograd.grad(alone, logits))
