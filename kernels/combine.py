@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launching import quick_launch
 from .scatter_matmul import (
     NO_LORA,
     SAVED_OPERANDS,
@@ -21,6 +22,7 @@ from .scatter_matmul import (
 from .schedule import RoutingIndex, interpreting
 
 
+@quick_launch
 @triton.jit
 def _combine_fwd_kernel(Y, G, BIAS, OUT, H, TOP_K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr):
     token = tl.program_id(0).to(tl.int64)
@@ -36,6 +38,7 @@ def _combine_fwd_kernel(Y, G, BIAS, OUT, H, TOP_K: tl.constexpr, HAS_BIAS: tl.co
     tl.store(OUT + token * H + cols, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
+@quick_launch
 @triton.jit
 def _gate_grad_kernel(Y, DOUT, DG, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
     """`dg[t, j] = <dout[t], y[t*k + j]>`, one token per program."""
@@ -51,6 +54,7 @@ def _gate_grad_kernel(Y, DOUT, DG, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr
         tl.store(DG + token * TOP_K + j, tl.sum(acc, axis=0).to(DG.dtype.element_ty))
 
 
+@quick_launch
 @triton.jit
 def _grouped_output_grad_kernel(DOUT, G, DY, slot_rows, H, TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)

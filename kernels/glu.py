@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launching import quick_launch
 from .scatter_matmul import NO_LORA, SAVED_OPERANDS, input_rows, matmul_grads, save_operands, scatter_mm
 from .schedule import RoutingIndex, interpreting
 
@@ -27,6 +28,7 @@ def _load_halves(AB, M, F, stride_ab, BLOCK_M: tl.constexpr, BLOCK_F: tl.constex
     return rows64, cols[None, :], mask, a, b
 
 
+@quick_launch
 @triton.jit(do_not_specialize=["M"])  # the batch's routed rows: no recompile as they change
 def _silu_glu_fwd_kernel(AB, H, M, F, stride_ab, stride_h, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     rows64, cols, mask, a, b = _load_halves(AB, M, F, stride_ab, BLOCK_M, BLOCK_F)
@@ -34,6 +36,7 @@ def _silu_glu_fwd_kernel(AB, H, M, F, stride_ab, stride_h, BLOCK_M: tl.constexpr
     tl.store(H + rows64 * stride_h + cols, h.to(H.dtype.element_ty), mask=mask)
 
 
+@quick_launch
 @triton.jit(do_not_specialize=["M"])
 def _silu_glu_bwd_kernel(AB, DH, DAB, M, F, stride_ab, stride_dh, BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr):
     rows64, cols, mask, a, b = _load_halves(AB, M, F, stride_ab, BLOCK_M, BLOCK_F)

@@ -9,9 +9,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .launching import quick_launch
 from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
 
 
+@quick_launch
 @triton.jit
 def _grouped_dw_kernel(
     X, DY, DW, x_rows, dy_rows, expert_start, expert_end,

@@ -12,7 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .launching import quick_launch
 
+
+@quick_launch
 @triton.jit(do_not_specialize=["num_slots"])  # a batch-dependent size: no recompiles as it changes
 def _group_slots_kernel(
     EXPERTS, SORTED_EXPERTS, SORTED_SLOTS, SLOT_ROWS, TOKEN_ROWS, COUNTS, STARTS, ENDS,
@@ -47,6 +50,7 @@ def _group_slots_kernel(
         place += tl.sum(hits, axis=0)
 
 
+@quick_launch
 @triton.jit(do_not_specialize=["num_tiles"])  # a batch-dependent size: no recompiles as it changes
 def _plan_tiles_kernel(
     STARTS, ENDS, ROW_START, ROW_END, TILE_EXPERT, num_tiles, num_experts,

@@ -10,9 +10,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .launching import quick_launch
 from .schedule import interpreting
 
 
+@quick_launch
 @triton.jit
 def _rmsnorm_fwd_kernel(X, W, Y, RSTD, N, eps, BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -26,6 +28,7 @@ def _rmsnorm_fwd_kernel(X, W, Y, RSTD, N, eps, BLOCK_N: tl.constexpr):
     tl.store(RSTD + row, rstd)
 
 
+@quick_launch
 @triton.jit(do_not_specialize=["M", "rows_per_program"])  # batch-dependent sizes: no recompiles as they change
 def _rmsnorm_bwd_kernel(X, W, DY, DX, RSTD, DW_PARTIAL, M, N, rows_per_program, BLOCK_N: tl.constexpr):
     """Each program takes a run of rows: their input gradients, and the sum of their weight gradients."""

@@ -13,9 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .launching import quick_launch
 from .schedule import interpreting
 
 
+@quick_launch
 @triton.jit(do_not_specialize=["L"])  # the sequence length: no recompile for each new one
 def _rotary_kernel(
     X, COS, SIN, Y, L, HEADS, H2,

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .grouped_dw import grouped_dw, rank_block
+from .launching import quick_launch
 from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
 
 
@@ -41,6 +42,7 @@ def _weight_tile(W_DESC, w_ptrs, expert, n0, k0, k_mask, col_mask, W_TMA: tl.con
 
 # num_tiles follows the batch's token count: specialised (divisible by 16 or not), each new kind of value would
 # compile a variant of this kernel in the middle of training, a stall of a second or more.
+@quick_launch
 @triton.jit(do_not_specialize=["num_tiles"])
 def _scatter_mm_kernel(
     X, W, W_DESC, Y, AB, in_rows, out_rows, tile_start, tile_end, tile_expert,
