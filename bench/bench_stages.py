@@ -33,18 +33,24 @@ passes through (kv_proj, its top-k MoA query and output experts, its top-k MLP e
 `active_parameters`), plus causal attention, 2 x n^2 x (top_k x kv_heads) x head_dim per layer for a sequence of
 n tokens (QK^T and AV over the causal half). Full fine-tuning counts 3 forwards a token (forward, activation and
 weight gradients), LoRA 2 (forward and activation gradients; the adapters' own FLOPs left out); DPO adds the
-reference forward (1) unless reference log-probs are precomputed. Recomputation under activation checkpointing is
+reference forward (1), also when it is precomputed (`--set precompute_ref_log_probs=true`): the reference pass
+before training is then timed, and its time per sequence is added to the steps for the sequences they train on,
+so real tokens/s and MFU count it; `steps_only_real_tokens_per_s` leaves it out. Recomputation under activation checkpointing is
 not counted. Tokens are the real tokens of TRL's batch layout: a DPO pair's prompt counts in its chosen and its
 rejected row, as stock computes it, so prefix sharing (ours computes each prompt once) shows as model FLOPs it did
 not have to execute. `--prefix-sharing both` runs ours twice, with and without it (`ours, prompts twice`).
 """
 
 import argparse
+import contextlib
 import copy
+import cProfile
 import gc
+import io
 import json
 import os
 import platform
+import pstats
 import shutil
 import statistics
 import subprocess
@@ -69,6 +75,7 @@ from align.training.dpo import dpo_trainer  # noqa: E402
 from align.training.sft import sft_trainer  # noqa: E402
 from align.training.stage import run_stage  # noqa: E402
 from jetmoe_model.packing import PACK_MULTIPLE  # noqa: E402
+from step_phases import StackSampler, attach_phase_timer  # noqa: E402
 
 MODEL_CONFIG = "align/assets/jetmoe-8b"
 TOKENIZER = "recipes/tiny/tokenizer"
@@ -135,10 +142,10 @@ def active_parameters(config) -> int:
     return config.num_hidden_layers * per_layer + hidden * config.vocab_size
 
 
-def forwards_per_token(stage: str, lora: bool, precomputed_reference: bool) -> int:
-    """Forward-equivalents of one training step per token: policy forward + backward, and DPO's reference."""
-    policy = 2 if lora else 3
-    return policy + (1 if stage == "dpo" and not precomputed_reference else 0)
+def forwards_per_token(stage: str, lora: bool) -> int:
+    """Forward-equivalents of one training step per token: policy forward + backward, and DPO's reference
+    (in the step, or in a precomputed pass whose time is added to the steps)."""
+    return (2 if lora else 3) + (1 if stage == "dpo" else 0)
 
 
 def model_flops(config, lengths: list[int], forwards: int) -> float:
@@ -176,6 +183,7 @@ class StepRecorder(TrainerCallback):
     def __init__(self, counter: CountingCollator):
         self.counter = counter
         self.start, self.ends, self.peak_gib, self.log_history, self.model_config = None, [], None, [], None
+        self.reference_pass = None  # DPO's precomputed reference pass: its seconds and sequences
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.counter.batches.clear()
@@ -194,9 +202,18 @@ class StepRecorder(TrainerCallback):
             self.peak_gib = torch.cuda.max_memory_allocated() / 2**30
 
 
+HOST_CALLS = {  # what the host asks of the GPU, by the runtime calls that do it
+    "kernel launches": {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"},
+    "host syncs": {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"},
+    "copies": {"cudaMemcpyAsync", "cudaMemcpy"},
+}
+
+
 class StepProfiler(TrainerCallback):
     """`torch.profiler` over `steps` optimizer steps from `first`: where their host and GPU time go, as two tables
-    (ops by host time, by GPU time) and the GPU's busy share of the wall time, written to `path`."""
+    (ops by host time, by GPU time), the GPU's busy share of the wall time and the kernel launches, host syncs and
+    copies a step, written to `path`; then cProfile over the following steps to the end of training (the Python
+    functions behind the host time), written beside it."""
 
     def __init__(self, path: str, first: int, steps: int):
         self.path, self.first, self.steps, self.profiler, self.began = path, first, steps, None, None
@@ -216,12 +233,29 @@ class StepProfiler(TrainerCallback):
         self.profiler.__exit__(None, None, None)
         events = self.profiler.key_averages()
         gpu_us = sum(event.self_device_time_total for event in events)
+        calls = {name: sum(e.count for e in events if e.key in keys) for name, keys in HOST_CALLS.items()}
+        per_step = ", ".join(f"{name} {count / self.steps:,.0f}" for name, count in calls.items())
         report = [f"{self.steps} steps from step {self.first}: wall {wall_us / 1e3:.0f} ms, GPU kernels "
-                  f"{gpu_us / 1e3:.0f} ms ({100 * gpu_us / wall_us:.0f}% busy)", "",
+                  f"{gpu_us / 1e3:.0f} ms ({100 * gpu_us / wall_us:.0f}% busy); a step: {per_step}", "",
                   events.table(sort_by="self_cpu_time_total", row_limit=40), "",
                   events.table(sort_by="self_device_time_total", row_limit=40)]
         Path(self.path).write_text("\n".join(report), encoding="utf-8")
         say(report[0] + f" (tables in {self.path})")
+        self.profiler = None
+        self.host_profile = cProfile.Profile()
+        self.host_profile.enable()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """The Python functions behind the host time, over the steps after the torch profile (its own overhead
+        left out): `path` with `_python.txt`."""
+        if getattr(self, "host_profile", None) is None:
+            return
+        self.host_profile.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(self.host_profile, stream=text)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(60)
+        Path(self.path.replace(".txt", "_python.txt")).write_text(text.getvalue(), encoding="utf-8")
 
 
 def attach_measuring(trainer, pad_token_id: int, profile: str | None = None, first_profiled: int = 0,
@@ -247,15 +281,18 @@ def step_records(recorder: StepRecorder, accumulation: int, config=None, forward
         batches = recorder.counter.batches[index * accumulation:(index + 1) * accumulation]
         flops = sum(model_flops(config, lengths, forwards) for _, _, lengths in batches) if config else None
         records.append({"step": index + 1, "seconds": end - start, "real_tokens": sum(b[0] for b in batches),
+                        "sequences": sum(len(lengths) for _, _, lengths in batches),
                         "processed_tokens": sum(b[1] for b in batches), "model_flops": flops,
                         "loss": losses.get(index + 1)})  # fmt: skip
     return records
 
 
-def summarise(steps: list[dict], warmup: int) -> dict:
-    """Throughput and step-time spread over the steps after `warmup` (all steps if there are no more)."""
+def summarise(steps: list[dict], warmup: int, reference_s_per_sequence: float = 0.0) -> dict:
+    """Throughput and step-time spread over the steps after `warmup` (all steps if there are no more); a
+    precomputed reference pass's time per sequence is added for the sequences the steps train on."""
     timed = steps[warmup:] or steps
-    seconds = sum(step["seconds"] for step in timed)
+    steps_seconds = sum(step["seconds"] for step in timed)
+    seconds = steps_seconds + reference_s_per_sequence * sum(step["sequences"] for step in timed)
     real = sum(step["real_tokens"] for step in timed)
     processed = sum(step["processed_tokens"] for step in timed)
     times = [step["seconds"] for step in timed]
@@ -266,6 +303,7 @@ def summarise(steps: list[dict], warmup: int) -> dict:
     return {
         "timed_steps": len(timed),
         "real_tokens_per_s": real / seconds,
+        "steps_only_real_tokens_per_s": real / steps_seconds,
         "processed_tokens_per_s": processed / seconds,
         "model_tflops_per_s": tflops,
         "mfu": tflops / peak if tflops is not None and peak else None,
@@ -288,12 +326,14 @@ def peak_tflops() -> float | None:
 
 def side_result(side: str, recorder: StepRecorder, args, warmup: int, notes: list[str], stage: str,
                 lora: bool) -> dict:  # fmt: skip
-    forwards = forwards_per_token(stage, lora, bool(getattr(args, "precompute_ref_log_probs", False)))
+    forwards = forwards_per_token(stage, lora)
     steps = step_records(recorder, args.gradient_accumulation_steps, recorder.model_config, forwards)
-    return {"side": side, "micro_batch": args.per_device_train_batch_size,
+    reference = recorder.reference_pass
+    per_sequence = reference["seconds"] / reference["sequences"] if reference else 0.0
+    return {"side": side, "micro_batch": args.per_device_train_batch_size, "reference_pass": reference,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_length": args.max_length,
             "activation_checkpointing": bool(args.activation_checkpointing), "notes": notes,
-            **summarise(steps, warmup), "peak_gib": recorder.peak_gib,
+            **summarise(steps, warmup, per_sequence), "peak_gib": recorder.peak_gib,
             "losses": [step["loss"] for step in steps], "steps": steps}  # fmt: skip
 
 
@@ -336,12 +376,42 @@ def synthetic_dataset(cli, work_dir: Path) -> tuple[Path, dict]:
 # --- our side ------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def timed_reference_pass(into: dict):
+    """Times DPO's precomputed reference pass over the train split, which TRL runs while the trainer is built."""
+    from trl import DPOTrainer
+
+    original = DPOTrainer._precompute_ref_logps
+
+    def timed(self, dataset, name, batch_size):
+        synchronize()
+        started = time.perf_counter()
+        result = original(self, dataset, name, batch_size)
+        synchronize()
+        if name == "train":
+            into["reference_pass"] = {"seconds": time.perf_counter() - started, "sequences": 2 * len(dataset),
+                                      "batch_size": batch_size}  # fmt: skip
+        return result
+
+    DPOTrainer._precompute_ref_logps = timed
+    try:
+        yield
+    finally:
+        DPOTrainer._precompute_ref_logps = original
+
+
 def measuring_factory(build, measured: dict, cli, side: str = "ours"):
     """A `run_stage` trainer factory: our trainer with the measuring callback, the final save_model skipped."""
 
     def make_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_config=None):
-        trainer = build(args, model, tokenizer, train_dataset, eval_dataset, peft_config=peft_config)
+        with timed_reference_pass(measured):
+            trainer = build(args, model, tokenizer, train_dataset, eval_dataset, peft_config=peft_config)
         measured["recorder"] = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, side))
+        measured["recorder"].reference_pass = measured.get("reference_pass")
+        if cli.phases:
+            measured["phases"] = attach_phase_timer(trainer)
+        if cli.sample:
+            trainer.add_callback(StackSampler(f"{cli.sample}_{side}.txt", cli.warmup, 3))
         trainer.save_model = lambda *args, **kwargs: None
         return trainer
 
@@ -351,6 +421,8 @@ def measuring_factory(build, measured: dict, cli, side: str = "ours"):
 def run_ours(cli, recipe, side: str = "ours") -> dict:
     measured = {}
     run_stage(recipe, measuring_factory(OUR_TRAINERS[cli.stage], measured, cli, side))
+    if cli.phases:
+        say(f"{side}: step phases, medians after the warm-up\n{measured['phases'].table(cli.warmup)}")
     notes = [f"recipe {Path(recipe.path).relative_to(REPO)}"] + [f"--set {pair}" for pair in cli.set]
     if cli.stage == "dpo":
         notes.append(f"prefix sharing {'on' if recipe.model.config.get('share_pair_prefix', True) else 'off'}")
@@ -474,8 +546,11 @@ def run_stock(cli, recipe) -> dict:
     model = stock_model(stock_config(recipe, tokenizer), dtype, args.device)
     splits, _ = load_mixture(recipe.data, tokenizer)  # the rows, in the order, that our stage trains on
     peft_config = stock_lora_config(recipe) if recipe.lora else None
-    trainer = stock_trainer(cli.stage, args, model, tokenizer, splits["train"], peft_config)
+    measured = {}
+    with timed_reference_pass(measured):
+        trainer = stock_trainer(cli.stage, args, model, tokenizer, splits["train"], peft_config)
     recorder = attach_measuring(trainer, tokenizer.pad_token_id, *profiling(cli, "stock"))
+    recorder.reference_pass = measured.get("reference_pass")
     trainer.train()
     return side_result("stock", recorder, args, cli.warmup, notes, cli.stage, bool(recipe.lora))
 
@@ -574,6 +649,10 @@ def parse_args(argv=None):
                         help="override of the stock TRL config (per_device_train_batch_size=8)")
     parser.add_argument("--out", default="bench_stages.json", help="the JSON result (rank 0)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, outputs)")
+    parser.add_argument("--phases", action="store_true", help="ours: when the host and the GPU finish each phase "
+                                                                "of a step (bench/step_phases.py), a table")
+    parser.add_argument("--sample", metavar="PREFIX", help="ours: sample the host's Python stack over 3 steps after "
+                                                            "the warm-up (bench/step_phases.py): PREFIX_ours.txt")
     parser.add_argument("--profile", metavar="PREFIX", help="profile 3 steps after the warm-up of each side: "
                                                             "PREFIX_ours.txt, PREFIX_stock.txt")
     return parser.parse_args(argv)

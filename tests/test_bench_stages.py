@@ -83,13 +83,17 @@ def test_token_counts_of_padded_padding_free_and_preference_batches():
 
 
 def test_summary_leaves_out_warm_up_and_ratio_compares_real_tokens():
-    steps = [{"seconds": 9.0, "real_tokens": 10, "processed_tokens": 20},
-             {"seconds": 1.0, "real_tokens": 60, "processed_tokens": 80},
-             {"seconds": 3.0, "real_tokens": 60, "processed_tokens": 80},
-             {"seconds": 2.0, "real_tokens": 60, "processed_tokens": 80}]  # fmt: skip
+    steps = [{"seconds": 9.0, "real_tokens": 10, "processed_tokens": 20, "sequences": 2},
+             {"seconds": 1.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4},
+             {"seconds": 3.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4},
+             {"seconds": 2.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4}]  # fmt: skip
     summary = bench_stages.summarise(steps, warmup=1)
     assert summary["timed_steps"] == 3
-    assert summary["real_tokens_per_s"] == 180 / 6 and summary["padding_fraction"] == 1 - 180 / 240
+    assert summary["real_tokens_per_s"] == summary["steps_only_real_tokens_per_s"] == 180 / 6
+    assert summary["padding_fraction"] == 1 - 180 / 240
+    # A precomputed reference pass of 0.5 s a sequence: the 12 timed sequences' share is added to the steps' 6 s.
+    with_pass = bench_stages.summarise(steps, warmup=1, reference_s_per_sequence=0.5)
+    assert with_pass["real_tokens_per_s"] == 180 / 12 and with_pass["steps_only_real_tokens_per_s"] == 180 / 6
     assert (summary["median_step_s"], summary["worst_step_s"], summary["worst_over_median"]) == (2.0, 3.0, 1.5)
     assert bench_stages.ratio([{"side": "ours", "real_tokens_per_s": 30}, {"side": "stock", "real_tokens_per_s": 20}]) \
         == 1.5
@@ -142,9 +146,9 @@ def test_model_flops_follow_the_stated_convention():
     assert bench_stages.model_flops(config, [2048], forwards=1) / 2048 == pytest.approx(5.07e9, rel=2e-3)
     # Attention grows with each sequence's square: two sequences of 1024 cost less than one of 2048.
     assert bench_stages.model_flops(config, [1024, 1024], 1) < bench_stages.model_flops(config, [2048], 1)
-    assert [bench_stages.forwards_per_token(stage, lora, precomputed) for stage, lora, precomputed in
-            [("sft", False, False), ("sft", True, False), ("dpo", False, False), ("dpo", True, False),
-             ("dpo", True, True)]] == [3, 2, 4, 3, 2]  # fmt: skip
+    # A precomputed DPO reference still counts: its pass's time is added to the steps (summarise).
+    assert [bench_stages.forwards_per_token(stage, lora) for stage, lora in
+            [("sft", False), ("sft", True), ("dpo", False), ("dpo", True)]] == [3, 2, 4, 3]  # fmt: skip
 
 
 def test_sequence_lengths_of_padded_preference_and_packed_batches():
