@@ -55,9 +55,10 @@ def test_section_overrides_and_type_conversion():
 def test_the_8b_recipes_hold_the_report_settings():
     sft = load_recipe("recipes/jetmoe-8b-chat/sft/config_full.yaml", "sft", ON_CPU)
     dpo = load_recipe("recipes/jetmoe-8b-chat/dpo/config_full.yaml", "dpo", ON_CPU)
+    dpo_lora = load_recipe("recipes/jetmoe-8b-chat/dpo/config_lora.yaml", "dpo", ON_CPU)
     rows = {stage: r.training.per_device_train_batch_size * r.training.gradient_accumulation_steps * 8
-            for stage, r in (("sft", sft), ("dpo", dpo))}  # on 8 GPUs, as the recipes' comments say
-    assert rows["dpo"] == 128
+            for stage, r in (("sft", sft), ("dpo", dpo), ("dpo_lora", dpo_lora))}  # on 8 GPUs, as the comments say
+    assert rows["dpo"] == rows["dpo_lora"] == 128
     # SFT rows are packed rows of max_length tokens: the report's 128 conversations of the mixture's mean 837
     # tokens, within 10%.
     assert sft.training.packing and sft.training.padding_free
