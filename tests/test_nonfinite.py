@@ -77,6 +77,15 @@ def test_the_issues_diverging_run_stops_at_the_step_it_diverges_and_publishes_no
     assert error.removeprefix("error: ") in (tmp_path / "train.log").read_text()
 
 
+def test_the_stop_line_is_the_last_thing_the_command_prints(tmp_path):
+    """The trainer's progress bar is closed before the error line: left open, Python's exit drew it again below."""
+    command = [sys.executable, "-m", "align", "sft", "recipes/tiny/sft.yaml", "--learning_rate", "1e20",
+               "--max_steps", "10", "--output_dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert re.match(r"error: step \d+: ", done.stderr.rstrip("\n").rsplit("\n", 1)[-1]), done.stderr[-500:]
+
+
 @pytest.mark.slow
 def test_a_nan_loss_stops_the_pipeline_before_dpo(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(RouterLossMixin, "compute_loss", nan_loss_at({2}))

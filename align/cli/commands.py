@@ -215,6 +215,15 @@ def _log_on_main_process_only() -> None:
     logging.getLogger("align").setLevel(logging.NOTSET if _is_main_process() else logging.WARNING)
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an error interrupted (the trainer's), so that the error line starts a line of its
+    own instead of following the bar on a terminal."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -223,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             raise RecipeError(f"command line: unexpected arguments {' '.join(extra)}")
         _run(args, parse_overrides(extra))
     except STOPPED as stop:
+        _end_progress_bars()
         print(f"{'stopped' if isinstance(stop, Preempted) else 'error'}: {stop}", file=sys.stderr)
         return stop.EXIT_STATUS
     except Exception as error:
         full_disk = disk_full_line(error)  # anywhere: data preparation and libraries' own files included
         if full_disk is None and not isinstance(error, USER_ERRORS):
             raise
+        _end_progress_bars()
         print(f"error: {full_disk or str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     return 0
