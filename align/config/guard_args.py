@@ -11,8 +11,9 @@ class GuardArgs:
         model is saved as the stage's output, the checkpoints before it stay, exit status 3) or has its update
         skipped (`skip`: weights and optimizer state stay as they were, the learning-rate schedule moves on, the
         step is counted) until more than `max_skipped_steps` were skipped in the run, which then stops as `stop`.
-    sigterm_grace: seconds from SIGTERM (a scheduler's pre-emption) to the next step boundary, where a checkpoint
-        is saved before the run exits with status 143; a step that does not end in time ends the run without one.
+    sigterm_grace: seconds from SIGTERM (a scheduler's pre-emption) to the step boundary where a checkpoint is saved
+        before the run exits with status 143 (the end of this step or the next: `align.training.step_guard`); a
+        step that does not end in time ends the run without one.
     """
 
     nonfinite: Literal["stop", "skip"] = "stop"

@@ -1,5 +1,5 @@
 """SIGTERM, what SLURM and Kubernetes send before SIGKILL when they pre-empt a job: the run saves a checkpoint at
-the end of the step it is in and exits with status 143, so the steps since the last checkpoint are not lost and
+the end of the step it is in, or of the next one (`align.training.step_guard`), and exits with status 143, so the steps since the last checkpoint are not lost and
 the scheduler, or a wrapper script, requeues the job, which `--resume` continues.
 
 143 (128 + 15) is the status of a process ended by SIGTERM, so rules already written for a plain SIGTERM keep

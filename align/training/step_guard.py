@@ -1,12 +1,19 @@
 """What a stage checks at every optimizer step, decided the same way by every process of a launch: a NaN or
 infinite loss or gradient norm (stop the run, or skip the update: the recipe's `guard:` section), and a SIGTERM
-(save a checkpoint at this step boundary, then exit with status 143).
+(save a checkpoint at a step boundary, then exit with status 143).
 
 At the last micro-batch of each optimizer step, once the gradients are reduced and their norm is known and before
 the optimizer steps, each process contributes one row — its loss summed over the step's micro-batches, the
 gradient norm, whether it got SIGTERM — to one all-gather, and every process decides from the same rows: all stop,
 skip or save together, never one rank alone (which would hang the others in their next collective). That is one
-3-number collective and one host sync per optimizer step.
+3-number collective per optimizer step. With `guard.nonfinite: stop` (the default) the host does not wait for it:
+the rows are read at the next step's check, or before that wherever something is logged, saved or evaluated or
+training ends (reading them at once would hold the host until the step's whole backward had run, unable to issue
+the next step's work). So a step that stops the run has had its update applied in memory, but nothing is logged
+or saved from it, and the error names that step; and a SIGTERM in step N's row has its checkpoint saved at the end
+of step N+1, or of step N where that step logs, saves, evaluates or is the last. `skip`, and any run under
+DeepSpeed (whose engine reads the norm on the host anyway), read the rows at once: a skipped update is dropped
+before the optimizer steps.
 
 What the trainer logs stays true. transformers replaces a non-finite micro-batch loss by the running mean of its
 logging window (`logging_nan_inf_filter`), which is 0.0 at a window's first step: every window of a diverged run
@@ -17,6 +24,7 @@ steps were all skipped logs NaN. Weights are checked for NaN before each save (`
 """
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +41,39 @@ logger = logging.getLogger(__name__)
 CHECKED = ("loss", "grad_norm")  # the row each process contributes: these, then its SIGTERM flag
 
 
+def scalar_on(device: torch.device, value: torch.Tensor | float) -> torch.Tensor:
+    """`value` as a 0-d float32 tensor on `device`; a Python number is filled in there, not copied from the host
+    (`torch.tensor(x, device=...)` waits for the device)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().reshape(()).to(device)
+    return torch.full((), float(value), dtype=torch.float32, device=device)
+
+
+@dataclass
+class GatheredRows:
+    """One step's rows from every process, on their way to the host: on CUDA, copied without blocking into pinned
+    memory, an event marking when the copy is done."""
+
+    step: int
+    rows: torch.Tensor
+    copied: torch.cuda.Event | None = None
+
+    @classmethod
+    def start_copy(cls, step: int, rows: torch.Tensor) -> "GatheredRows":
+        if rows.device.type != "cuda":
+            return cls(step, rows)
+        host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        host.copy_(rows, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(step, host, copied)
+
+    def read(self) -> list[list[float]]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.rows.tolist()
+
+
 class StepGuardMixin:
     """Mix in before `CrashSafeCheckpointsMixin` (which keeps `skipped_steps` across a resume)."""
 
@@ -41,6 +82,7 @@ class StepGuardMixin:
     _sigterm: SigtermWatch | None = None
     _step_loss: torch.Tensor | None = None  # this process's loss summed over the current step's micro-batches
     _loss_before_step: torch.Tensor | None = None  # the trainer's logging-window loss sum before this step
+    _pending: GatheredRows | None = None  # the last step's rows, not yet read (`guard.nonfinite: stop`)
     _preempting = False
     _window_steps = 0  # optimizer steps since the last training log entry
     _window_skipped = 0
@@ -49,6 +91,7 @@ class StepGuardMixin:
         if self.guard.nonfinite == "skip" and self.is_deepspeed_enabled:
             raise RecipeError("guard.nonfinite: skip does not run under DeepSpeed (its engine steps the optimizer "
                               "itself); use stop")
+        self._pending = None  # left by a `train()` that raised: not this run's
         with SigtermWatch(self.guard.sigterm_grace) as self._sigterm:
             return super().train(*args, **kwargs)
 
@@ -60,30 +103,46 @@ class StepGuardMixin:
         return loss
 
     def _get_grad_norm(self, model, grad_norm=None):
-        """Called once per optimizer step, after clipping and before `optimizer.step()`: the decision point."""
+        """Called once per optimizer step, after clipping and before `optimizer.step()`: where each step is checked."""
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         self._check_step(model, grad_norm)
         return grad_norm
 
     def _check_step(self, model, grad_norm) -> None:
+        """Gather this step's rows; decide from them now (`skip`, DeepSpeed) or keep them to read later (`stop`),
+        after deciding from the step before's."""
+        self._resolve_pending()
         device = self._tr_loss.device
-        loss = self._step_loss if self._step_loss is not None else torch.zeros((), device=device)
         norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # an FSDP DTensor
-        row = torch.stack([loss.detach().float().reshape(()).to(device),
-                           torch.as_tensor(0.0 if norm is None else norm, dtype=torch.float32, device=device),
-                           torch.tensor(float(self._sigterm.requested), device=device)])
-        rows = self.accelerator.gather(row).view(-1, len(CHECKED) + 1).tolist()
+        row = torch.stack([scalar_on(device, 0.0 if self._step_loss is None else self._step_loss),
+                           scalar_on(device, 0.0 if norm is None else norm),
+                           scalar_on(device, self._sigterm.requested)])
+        rows = self.accelerator.gather(row).view(-1, len(CHECKED) + 1)
         self._step_loss = None
         self._window_steps += 1
+        step = self.state.global_step + 1
+        if self.guard.nonfinite == "skip" or self.is_deepspeed_enabled:  # skip: before the optimizer steps
+            self._decide(GatheredRows(step, rows), model)
+        else:
+            self._pending = GatheredRows.start_copy(step, rows)
+
+    def _resolve_pending(self) -> None:
+        """Read and act on the rows kept from the last step (`guard.nonfinite: stop`), if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._decide(pending, model=None)
+
+    def _decide(self, gathered: GatheredRows, model) -> None:
+        rows = gathered.read()
         if any(row[-1] for row in rows):
             self._preempting = True
             self._sigterm.boundary_reached()
         bad = first_nonfinite(rows, CHECKED)
         if bad is not None:
-            self._nonfinite_step(model, *bad)
+            self._nonfinite_step(model, gathered.step, *bad)
 
-    def _nonfinite_step(self, model, name: str, value: float) -> None:
-        step = self.state.global_step + 1
+    def _nonfinite_step(self, model, step: int, name: str, value: float) -> None:
+        """`model`: the one whose gradients `skip` drops (None where the rows were read after its update)."""
         if self.guard.nonfinite == "skip" and self.skipped_steps < self.guard.max_skipped_steps:
             model.zero_grad(set_to_none=True)  # the optimizer passes over parameters without a gradient
             self._tr_loss.copy_(self._loss_before_step)  # the logged mean and train_loss leave this step out
@@ -114,10 +173,14 @@ class StepGuardMixin:
                        f"(before saving {what})")
 
     def _save_checkpoint(self, model, trial) -> None:
+        self._resolve_pending()  # a step that stops the run is never saved
         self.assert_finite_weights(f"checkpoint-{self.state.global_step}")
         super()._save_checkpoint(model, trial)
 
     def _maybe_log_save_evaluate(self, *args, **kwargs) -> None:
+        control = self.control
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
+            self._resolve_pending()  # nothing is logged, saved or evaluated from a step that stops the run
         if self._preempting:  # save at this step boundary (evaluating would only delay it), then stop
             self.control.should_save, self.control.should_evaluate = True, False
             self.control.should_training_stop = True
@@ -127,6 +190,10 @@ class StepGuardMixin:
                        f"{self.state.global_step}; exiting with status {EXIT_STATUS}, --resume continues from it")
             file_only_logger.warning("%s", message)
             raise Preempted(message)
+
+    def _finalize_training(self, *args, **kwargs):
+        self._resolve_pending()  # the last step's rows: before `train_loss` is logged and the stage saves its model
+        return super()._finalize_training(*args, **kwargs)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         """A training log entry's `loss` averages the window's steps that trained (transformers divides by all)."""
