@@ -21,7 +21,8 @@ otherwise, then `--stock-set KEY=VALUE`; LoRA through stock PEFT with the recipe
 it (the output says so). `--layers` and `--tiny` change the model shape of both sides.
 
 Measured per optimizer step, on each side alike (a callback and a wrapper of the trainer's data collator): wall
-time between consecutive step ends (CUDA synchronised), real and processed tokens of the micro-batches the step
+time between consecutive step ends on the GPU's clock (CUDA events, read after training: the host is not
+made to wait for the GPU between steps), real and processed tokens of the micro-batches the step
 consumed (`count_tokens` gives the rule), model FLOPs (`model_flops`), loss. Summaries are over the steps after
 `--warmup`: real tokens/s = their real tokens / their time, TFLOP/s and MFU (model FLOPs / time, against the GPU's
 datasheet dense bf16 peak from TRL's table: 989 TFLOP/s for an H100 or H200), median and worst step time, peak
@@ -177,26 +178,42 @@ def synchronize() -> None:
 
 
 class StepRecorder(TrainerCallback):
-    """Step end times (after the GPU finished the step), the run's peak memory and log; the steps' batches come
-    from the collator wrapper. Batches collated before training (DPO's precomputed reference pass) are dropped."""
+    """Step end times (when the GPU finished each step: a CUDA event recorded at the step's end, read after
+    training, so that measuring does not make the host wait for the GPU between steps, which our trainers avoid),
+    the run's peak memory and log; the steps' batches come from the collator wrapper. Batches collated before
+    training (DPO's precomputed reference pass) are dropped."""
 
     def __init__(self, counter: CountingCollator):
         self.counter = counter
         self.start, self.ends, self.peak_gib, self.log_history, self.model_config = None, [], None, [], None
         self.reference_pass = None  # DPO's precomputed reference pass: its seconds and sequences
+        self._marks = []
+
+    @staticmethod
+    def _mark():
+        if not torch.cuda.is_available():
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.counter.batches.clear()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         synchronize()
-        self.start = time.perf_counter()
+        self._marks = [self._mark()]
 
     def on_step_end(self, args, state, control, **kwargs):
-        synchronize()
-        self.ends.append(time.perf_counter())
+        self._marks.append(self._mark())
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Step ends as seconds from the start."""
+        synchronize()
+        first, *ends = self._marks
+        self.start = 0.0
+        cuda = torch.cuda.is_available()
+        self.ends = [first.elapsed_time(end) / 1e3 if cuda else end - first for end in ends]
         self.log_history = state.log_history  # the trainer's state object is replaced when training starts
         if torch.cuda.is_available():
             self.peak_gib = torch.cuda.max_memory_allocated() / 2**30

@@ -14,8 +14,10 @@ class JetMoEInputError(ValueError):
     pass
 
 
-def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask, past_length: int) -> None:
-    """Shapes and dtypes first (free), then value ranges with a single host sync."""
+def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask, past_length: int,
+                 values: bool = True) -> None:
+    """Shapes and dtypes first (free), then, with `values`, value ranges with a single host sync (none for inputs
+    still on the CPU: `batch_plan.plan_batch` checks them there)."""
     if torch.compiler.is_compiling():
         return
     if input_ids is not None:
@@ -34,6 +36,8 @@ def check_inputs(config, input_ids, inputs_embeds, position_ids, attention_mask,
     if position_ids is None and past_length + length > config.max_position_embeddings:
         warn_beyond_trained_length(config)
 
+    if not values:
+        return
     ranges = []
     if input_ids is not None and input_ids.numel():
         ranges += [input_ids.min(), input_ids.max()]

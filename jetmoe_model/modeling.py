@@ -22,8 +22,8 @@ from .experts import MoAExperts, MoEMLP, ParallelExperts
 from .input_checks import check_inputs
 from .layers import RMSNorm, RotaryEmbedding
 from .output_flags import requested_outputs
-from .packing import PackedBatch, from_packed_row, packed_positions, unpad
-from .pair_packing import shared_prefix_pairs
+from .batch_plan import padding_free_layout
+from .packing import PackedBatch, packed_positions
 from .router_losses import load_balancing_loss, router_z_loss
 
 
@@ -136,6 +136,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
         output_router_logits=None,
         past_key_values=None,
         preference_pairs: bool = False,
+        packed_batch: PackedBatch | None = None,
         **kwargs,
     ) -> JetMoEModelOutput:
         """The cache comes as `cache` (transformers >= 5.24) or `past_key_values` (<= 5.23, and older callers) and
@@ -143,7 +144,10 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
         `preference_pairs`: the batch is TRL's DPO layout, the first half of the rows the chosen responses and the
         second half the rejected ones of the same pairs; with `config.share_pair_prefix` each pair's common prefix
-        (its prompt) is computed once (`jetmoe_model.pair_packing`). Outputs are the same either way."""
+        (its prompt) is computed once (`jetmoe_model.pair_packing`). Outputs are the same either way.
+
+        `packed_batch`: this batch's padding-free layout, worked out on the host by `batch_plan.plan_batch` (which
+        also checked the input values): used instead of deciding it here, which needs host syncs."""
         cache = given_cache(cache, past_key_values)
         output_attentions, output_hidden_states, output_router_logits = requested_outputs(
             self.config,
@@ -162,12 +166,16 @@ class JetMoEModel(JetMoEPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_inputs(self.config, input_ids, inputs_embeds, position_ids, attention_mask, past_length)
+        check_inputs(self.config, input_ids, inputs_embeds, position_ids, attention_mask, past_length,
+                     values=packed_batch is None)
 
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        packed = self._packed_batch(attention_mask, position_ids, cache, output_attentions, kwargs,
-                                    input_ids if preference_pairs else None)
+        packed = None
+        if self._runs_padding_free(cache, output_attentions):
+            packed = packed_batch if packed_batch is not None else padding_free_layout(
+                self.config, attention_mask, position_ids, kwargs.get("cu_seq_lens_q"),
+                input_ids if preference_pairs else None)  # fmt: skip
         if packed is not None:  # one row of real tokens: no mask, attention kept apart by the boundaries
             position_ids = packed_positions(packed, position_ids, inputs_embeds.device)
             inputs_embeds = packed.pack(inputs_embeds)
@@ -229,34 +237,10 @@ class JetMoEModel(JetMoEPreTrainedModel):
         )
 
 
-    def _packed_batch(self, attention_mask, position_ids, cache, output_attentions, kwargs,
-                      pair_ids=None) -> PackedBatch | None:  # fmt: skip
-        """How this forward runs padding-free, or None. Only without a cache (training, scoring), with
-        `config.padding_free` and SDPA or flash attention, and no attention weights asked for (those come from eager
-        attention in the padded layout): preference pairs (`pair_ids`, their input ids) share their prompts; a
-        padded batch is unpadded; one row of sequences packed end to end (TRL's padding-free collator) is taken as
-        it comes."""
-        if not self.config.padding_free or cache is not None or output_attentions:
-            return None
-        if torch.compiler.is_compiling():  # its sizes depend on the data: exported and compiled graphs stay padded
-            return None
-        if self.config._attn_implementation not in ("sdpa", "flash_attention_2"):
-            return None
-        if pair_ids is not None and self.config.share_pair_prefix and position_ids is None:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(pair_ids)
-            if attention_mask.dim() == 2:
-                packed = shared_prefix_pairs(pair_ids, attention_mask)
-                if packed is not None:
-                    return packed
-        if attention_mask is not None:
-            if attention_mask.dim() != 2 or bool(attention_mask.all()):
-                return None
-            return unpad(attention_mask)
-        if position_ids is None or position_ids.shape[0] != 1:
-            return None
-        packed = from_packed_row(position_ids, kwargs.get("cu_seq_lens_q"))
-        return packed if len(packed.cu_seqlens) > 2 else None  # several sequences, or one and a filler
+    def _runs_padding_free(self, cache, output_attentions) -> bool:
+        """Only without a cache (training, scoring) and no attention weights asked for (those come from eager
+        attention in the padded layout); exported and compiled graphs stay padded (the sizes depend on the data)."""
+        return cache is None and not output_attentions and not torch.compiler.is_compiling()
 
 
 class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
@@ -284,10 +268,11 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         past_key_values=None,
         preference_pairs: bool = False,
+        packed_batch: PackedBatch | None = None,
         **kwargs,
     ) -> JetMoECausalLMOutput:
-        """The cache comes as `cache` or `past_key_values`, and `preference_pairs` means what it means to
-        `JetMoEModel.forward`."""
+        """The cache comes as `cache` or `past_key_values`; `preference_pairs` and `packed_batch` mean what they
+        mean to `JetMoEModel.forward`."""
         (output_router_logits,) = requested_outputs(self.config, output_router_logits=output_router_logits)
         outputs = self.model(
             input_ids=input_ids,
@@ -301,6 +286,7 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             output_router_logits=output_router_logits,
             return_dict=True,
             preference_pairs=preference_pairs,
+            packed_batch=packed_batch,
             **kwargs,
         )
         # logits_to_keep: an int keeps the last n positions (0 keeps all), a tensor selects positions.

@@ -15,7 +15,7 @@ then sees few distinct shapes, each divisible by 16: Triton specialises kernels 
 compiled in the middle of training stalls a step for seconds.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -38,6 +38,18 @@ class PackedBatch:
     # A packed token some padded positions share (a pair's prompt): each padded position's packed token, or
     # `real_tokens` (a zero row) at padding. None: each packed token has one padded position, `token_index`.
     padded_index: torch.Tensor | None = None  # [batch * length]
+
+    def to(self, device, non_blocking: bool = False) -> "PackedBatch":
+        """The same layout with its tensors on `device` (how a batch planned on the host reaches the GPU)."""
+        return self._with_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "PackedBatch":
+        """Page-locked copies, for a DataLoader that pins its batches (a non-blocking copy to the GPU needs it)."""
+        return self._with_tensors(torch.Tensor.pin_memory)
+
+    def _with_tensors(self, change) -> "PackedBatch":
+        return replace(self, **{field.name: change(value) for field in fields(self)
+                                if isinstance(value := getattr(self, field.name), torch.Tensor)})
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, L, ...]` (or `[B, L]`) in the input's layout -> `[1, T', ...]`, the filler's rows zeros."""

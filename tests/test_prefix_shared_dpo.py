@@ -11,7 +11,7 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
-import jetmoe_model.modeling
+import jetmoe_model.batch_plan
 from align.lora.arguments import LoraArguments
 from align.lora.config import jetmoe_lora_config
 from align.training.dpo import dpo_trainer, frozen_copy
@@ -100,7 +100,7 @@ def test_model_outputs_and_gradients_are_the_padded_pairs(monkeypatch):
     add_fused_lm_head(model)
     batch = pair_batch()
     layouts = []
-    monkeypatch.setattr(jetmoe_model.modeling, "shared_prefix_pairs",
+    monkeypatch.setattr(jetmoe_model.batch_plan, "shared_prefix_pairs",
                         lambda *args: layouts.append(shared_prefix_pairs(*args)) or layouts[-1])
     padded = forward_and_grads(model, batch, padding_free=False, share=False)
     shared = forward_and_grads(model, batch, padding_free=True, share=True)
@@ -157,16 +157,17 @@ def trainers(tmp_path, lora: bool):
 def test_dpo_loss_rewards_log_probs_and_gradients_equal_stock_trl_on_padded_pairs(tmp_path, monkeypatch, lora):
     ours, stock = trainers(tmp_path, lora)
     layouts = []
-    monkeypatch.setattr(jetmoe_model.modeling, "shared_prefix_pairs",
+    monkeypatch.setattr(jetmoe_model.batch_plan, "shared_prefix_pairs",
                         lambda *args: layouts.append(shared_prefix_pairs(*args)) or layouts[-1])
     examples = [ours.train_dataset[i] for i in range(6)]
-    batch = ours._prepare_inputs(ours.data_collator(examples))
-    assert not batch["attention_mask"].all()
+    batch = ours._prepare_inputs(ours.data_collator(examples))  # laid out once, on the host, by our collator
+    assert not batch["attention_mask"].all() and batch["packed_batch"] is layouts[0]
+    stock_batch = {key: value for key, value in batch.items() if key != "packed_batch"}
 
     results = {}
     for name, trainer in (("ours", ours), ("stock", stock)):
         trainer.model.train().zero_grad()
-        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss = trainer.compute_loss(trainer.model, dict(batch if name == "ours" else stock_batch))
         if name == "stock":  # the router losses our trainer adds, from the model's own padded forward
             router = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                    output_router_logits=True, use_cache=False)  # fmt: skip
@@ -175,7 +176,7 @@ def test_dpo_loss_rewards_log_probs_and_gradients_equal_stock_trl_on_padded_pair
         grads = {key.removeprefix("base_model.model."): p.grad.clone()
                  for key, p in trainer.model.named_parameters() if p.grad is not None}
         results[name] = loss, grads, {key: values[-1] for key, values in trainer._metrics["train"].items()}
-    assert len(layouts) == 2 and all(layout is not None for layout in layouts)  # policy and reference, shared
+    assert len(layouts) == 1 and layouts[0] is not None  # the policy and the reference forward read the plan
     assert layouts[0].real_tokens < int(batch["attention_mask"].sum())
 
     (loss, grads, metrics), (stock_loss, stock_grads, stock_metrics) = results["ours"], results["stock"]
@@ -203,7 +204,7 @@ def test_share_pair_prefix_off_keeps_the_unpadded_forward(tmp_path, monkeypatch)
     trainer.model.config.share_pair_prefix = False
     trainer.ref_model.config.share_pair_prefix = False
     calls = []
-    monkeypatch.setattr(jetmoe_model.modeling, "shared_prefix_pairs", lambda *args: calls.append(1))
+    monkeypatch.setattr(jetmoe_model.batch_plan, "shared_prefix_pairs", lambda *args: calls.append(1))
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     with torch.no_grad():
         trainer.compute_loss(trainer.model, dict(batch))

@@ -270,7 +270,9 @@ def load_recipe(path: str | Path, stage: str, overrides: dict | None = None) -> 
     _apply_overrides(sections, overrides or {}, path)
     if not sections.get("data"):
         raise RecipeError(f"{path}: a recipe needs a data section")
-    defaults = {"training": {"report_to": DEFAULT_REPORT_TO}}
+    # The step guard stops on a non-finite loss; transformers' filter would read every micro-batch's loss back to
+    # the host to hide it (align.training.step_guard).
+    defaults = {"training": {"report_to": DEFAULT_REPORT_TO, "logging_nan_inf_filter": False}}
     problems, built = [], {}
     for name, cls in (("model", ModelArgs), ("tokenizer", TokenizerArgs), ("data", DataMixture),
                       ("training", config_class), ("lora", LoraArguments), ("guard", GuardArgs)):

@@ -69,6 +69,8 @@ class QuickReferenceMixin:
 class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, SharedPromptsMixin, DPOTrainer):
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
+    preference_pairs = True  # batches planned on the host share each pair's prompt (`PlannedBatchesMixin`)
+
 
 def frozen_copy(model):
     reference = copy_model(model).eval()  # ZeRO-3 shards do not survive deepcopy

@@ -1,9 +1,10 @@
 """What our SFT and DPO trainers add to TRL's, in one place: a stop (or a skipped step) on a non-finite loss and a
 checkpoint on SIGTERM, checkpoints that survive a kill and record the run's settings, accepted recipe changes
 applied on resume, no extra step after a finished resume, no tied-weight noise on resume, JetMoE's router
-losses, token-balanced micro-batches."""
+losses, token-balanced micro-batches, steps queued without waiting for the GPU."""
 
 from ..runs.crash_safe import CrashSafeCheckpointsMixin
+from .planned_batches import PlannedBatchesMixin
 from .resume_trainer import ResumeSettingsMixin
 from .router_loss import RouterLossMixin
 from .stage import StopAtMaxStepsMixin
@@ -13,5 +14,5 @@ from .token_batches import TokenBalancedBatchesMixin
 
 
 class JetMoETrainerMixin(StepGuardMixin, ResumeSettingsMixin, CrashSafeCheckpointsMixin, StopAtMaxStepsMixin,
-                         TiedWeightsResumeMixin, RouterLossMixin, TokenBalancedBatchesMixin):
+                         TiedWeightsResumeMixin, PlannedBatchesMixin, RouterLossMixin, TokenBalancedBatchesMixin):
     """Mix in before a TRL trainer: `class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer)`."""
