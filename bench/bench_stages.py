@@ -364,7 +364,8 @@ def key_values(pairs: list[str]) -> dict:
 
 def bench_overrides(cli, data_dir: Path, output_dir: Path) -> dict:
     """What turns a JetMoE-8B recipe into a benchmark run: random init, tiny tokenizer, synthetic data, a fixed
-    number of steps without saving or evaluating."""
+    number of steps without saving or evaluating. Logging stays the recipe's (every 10 steps): a log reads the loss
+    back to the host, which would make every step wait for the GPU."""
     split = TRAIN_SPLIT[cli.stage]
     shape = dict(TINY_SHAPE) if cli.tiny else {"vocab_size": JETMOE_VOCAB}
     if cli.layers:
@@ -374,7 +375,7 @@ def bench_overrides(cli, data_dir: Path, output_dir: Path) -> dict:
         "tokenizer.name_or_path": str(REPO / TOKENIZER),
         "data.sources": [{"path": str(data_dir), "train_split": split, "test_split": None}],
         "output_dir": str(output_dir), "max_steps": cli.steps, "gradient_accumulation_steps": 1,
-        "logging_steps": 1, "save_strategy": "no", "eval_strategy": "no", "report_to": "none",
+        "save_strategy": "no", "eval_strategy": "no", "report_to": "none",
         **{f"model.config.{key}": value for key, value in shape.items()},
     }  # fmt: skip
     if not torch.cuda.is_available():  # CPU smoke run: float32, no bf16 autocast
@@ -479,7 +480,7 @@ def stock_training_args(cli, recipe, checkpointing_supported: bool):
         per_device_train_batch_size=ours.per_device_train_batch_size,
         gradient_accumulation_steps=ours.gradient_accumulation_steps, learning_rate=ours.learning_rate,
         lr_scheduler_type=ours.lr_scheduler_type, warmup_steps=ours.warmup_steps, max_length=ours.max_length,
-        bf16=ours.bf16, use_cpu=ours.use_cpu, logging_steps=1, save_strategy="no", eval_strategy="no",
+        bf16=ours.bf16, use_cpu=ours.use_cpu, logging_steps=ours.logging_steps, save_strategy="no", eval_strategy="no",
         report_to="none", activation_checkpointing=checkpointing, gradient_checkpointing=checkpointing,
     )  # fmt: skip
     if cli.stage == "sft":
