@@ -16,12 +16,16 @@ from .packing import PackedBatch, from_packed_row, unpad
 from .pair_packing import shared_prefix_pairs
 
 
+def padding_free_enabled(config) -> bool:
+    return config.padding_free and config._attn_implementation in ("sdpa", "flash_attention_2")
+
+
 def padding_free_layout(config, attention_mask, position_ids, cu_seq_lens=None, pair_ids=None) -> PackedBatch | None:
     """The packing of a batch with no cache and no attention weights asked for, or None to run it padded. With
     `config.padding_free` and SDPA or flash attention: preference pairs (`pair_ids`, their input ids) share their
     prompts; a padded batch is unpadded; one row of sequences packed end to end (TRL's padding-free collator,
     `cu_seq_lens` its boundaries) is taken as it comes."""
-    if not config.padding_free or config._attn_implementation not in ("sdpa", "flash_attention_2"):
+    if not padding_free_enabled(config):
         return None
     if pair_ids is not None and config.share_pair_prefix and position_ids is None:
         if attention_mask is None:

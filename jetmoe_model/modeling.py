@@ -22,7 +22,7 @@ from .experts import MoAExperts, MoEMLP, ParallelExperts
 from .input_checks import check_inputs
 from .layers import RMSNorm, RotaryEmbedding
 from .output_flags import requested_outputs
-from .batch_plan import padding_free_layout
+from .batch_plan import padding_free_enabled, padding_free_layout
 from .packing import PackedBatch, packed_positions
 from .router_losses import load_balancing_loss, router_z_loss
 
@@ -238,9 +238,11 @@ class JetMoEModel(JetMoEPreTrainedModel):
 
 
     def _runs_padding_free(self, cache, output_attentions) -> bool:
-        """Only without a cache (training, scoring) and no attention weights asked for (those come from eager
-        attention in the padded layout); exported and compiled graphs stay padded (the sizes depend on the data)."""
-        return cache is None and not output_attentions and not torch.compiler.is_compiling()
+        """With `config.padding_free` and SDPA or flash attention, only without a cache (training, scoring) and no
+        attention weights asked for (those come from eager attention in the padded layout); exported and compiled
+        graphs stay padded (the sizes depend on the data)."""
+        return (padding_free_enabled(self.config) and cache is None and not output_attentions
+                and not torch.compiler.is_compiling())  # fmt: skip
 
 
 class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):

@@ -62,3 +62,16 @@ def test_pinned_batches_are_copied_without_blocking_the_host(tmp_path):
     trainer.args.dataloader_pin_memory = True
     trainer.create_accelerator_and_postprocess()
     assert trainer.accelerator.dataloader_config.non_blocking
+
+
+def test_a_plan_is_not_used_where_the_model_runs_padded(tmp_path):
+    trainer = sft_setup(tmp_path)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    unplanned = {key: value for key, value in batch.items() if key != "packed_batch"}
+    trainer.model.config.padding_free = False  # after collation: the padded forward, whatever the batch carries
+    with torch.no_grad():
+        planned, padded = (trainer.compute_loss(trainer.model.eval(), dict(inputs)) for inputs in (batch, unplanned))
+    hidden = trainer.model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 packed_batch=batch["packed_batch"]).last_hidden_state  # fmt: skip
+    assert hidden[~batch["attention_mask"].bool()].abs().sum() > 0  # padding positions computed: not packed
+    torch.testing.assert_close(planned, padded, rtol=0, atol=0)
