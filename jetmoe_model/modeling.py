@@ -15,6 +15,7 @@ from transformers.utils import can_return_tuple
 
 from .attention import MoAAttention
 from .attention_weights import mask_config
+from .batch_plan import padding_free_enabled, padding_free_layout
 from .cache_name import CACHE_KEYWORDS, CACHE_NAME, given_cache
 from .checkpoint_checks import JetMoECheckpointError, shape_mismatches
 from .configuration import MOE_BACKENDS, JetMoEConfig
@@ -22,7 +23,6 @@ from .experts import MoAExperts, MoEMLP, ParallelExperts
 from .input_checks import check_inputs
 from .layers import RMSNorm, RotaryEmbedding
 from .output_flags import requested_outputs
-from .batch_plan import padding_free_enabled, padding_free_layout
 from .packing import PackedBatch, packed_positions
 from .router_losses import load_balancing_loss, router_z_loss
 
