@@ -117,8 +117,9 @@ def test_tiny_end_to_end_run_measures_both_sides(stage, mode, tmp_path, monkeypa
     out = tmp_path / "result.json"
     report = bench_stages.main([
         "--tiny", "--stage", stage, "--mode", mode, "--steps", "2", "--warmup", "0", "--rows", "12",
-        "--set", "per_device_train_batch_size=2", "--set", "max_length=1024", "--set", "logging_steps=1",  # both sides
-        "--stock-set", "per_device_train_batch_size=2", "--stock-set", "max_length=1024", "--out", str(out),
+        "--set", "per_device_train_batch_size=2", "--set", "max_length=1024", "--set", "logging_steps=1",
+        "--stock-set", "per_device_train_batch_size=2", "--stock-set", "max_length=1024", "--stock-set",
+        "logging_steps=1", "--out", str(out),
         *(["--set", "packing=false", "--set", "padding_free=false"] if stage == "sft" else []),  # padded rows, as stock
     ])  # fmt: skip
     ours, stock = report["results"]
