@@ -33,7 +33,7 @@ def nan_loss_at(steps: set[int], rank: int | None = None):
 
 if __name__ == "__main__":
     steps, *options, separator = sys.argv[1:sys.argv.index("--") + 1]
-    assert separator == "--" and options in ([], ["--rank", options[-1]]), sys.argv
+    assert separator == "--" and (not options or len(options) == 2 and options[0] == "--rank"), sys.argv
     RouterLossMixin.compute_loss = nan_loss_at({int(step) for step in steps.split(",")},
                                                int(options[1]) if options else None)
     from align.cli import main
