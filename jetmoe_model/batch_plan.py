@@ -1,10 +1,10 @@
 """How a batch runs padding-free, decided from its masks and positions, on whichever device they are.
 
 The forward can decide it from the tensors it is given (`padding_free_layout`); on a GPU that reads the sequence
-lengths back to the host, a host sync at the start of every forward, and the input checks add one. While the host waits there, it cannot
-queue the step's work ahead of the GPU, which is still finishing the previous step's backward. A data collator has
-the batch on the CPU: `plan_batch` checks the inputs and works out the layout there, and the forward, given the
-result as `packed_batch`, does neither again.
+lengths back to the host, a host sync at the start of every forward, and the input checks add one. While the host
+waits there, it cannot queue the step's work ahead of the GPU, which is still finishing the previous step's
+backward. A data collator has the batch on the CPU: `plan_batch` checks the inputs and works out the layout there,
+and the forward, given the result as `packed_batch`, does neither again.
 """
 
 from collections.abc import Mapping

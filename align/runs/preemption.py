@@ -1,6 +1,7 @@
 """SIGTERM, what SLURM and Kubernetes send before SIGKILL when they pre-empt a job: the run saves a checkpoint at
-the end of the step it is in, or of the next one (`align.training.step_guard`), and exits with status 143, so the steps since the last checkpoint are not lost and
-the scheduler, or a wrapper script, requeues the job, which `--resume` continues.
+the end of the step it is in, or of the next one (`align.training.step_guard`), and exits with status 143, so the
+steps since the last checkpoint are not lost and the scheduler, or a wrapper script, requeues the job, which
+`--resume` continues.
 
 143 (128 + 15) is the status of a process ended by SIGTERM, so rules already written for a plain SIGTERM keep
 applying (a Kubernetes `podFailurePolicy` on exit code 143, a wrapper that resubmits on it), and no other way our

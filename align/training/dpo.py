@@ -57,12 +57,20 @@ class QuickReferenceMixin:
     """LoRA's reference is the policy with its adapters off, switched on every step (and every batch of a
     precomputed reference pass) by `align.lora.adapter_switch` instead of PEFT's model scans."""
 
+    _quick_reference_installed = False
+
+    def _install_quick_reference(self) -> None:
+        """Once: unwrapping the model walks all its modules, too slow for every step."""
+        if not self._quick_reference_installed:
+            install_quick_adapter_switch(self.accelerator.unwrap_model(self.model))
+            self._quick_reference_installed = True
+
     def _compute_loss(self, model, inputs, return_outputs):
-        install_quick_adapter_switch(self.accelerator.unwrap_model(self.model))
+        self._install_quick_reference()
         return super()._compute_loss(model, inputs, return_outputs)
 
     def compute_ref_log_probs(self, model, inputs):
-        install_quick_adapter_switch(self.accelerator.unwrap_model(self.model))
+        self._install_quick_reference()
         return super().compute_ref_log_probs(model, inputs)
 
 

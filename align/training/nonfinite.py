@@ -1,9 +1,9 @@
 """A diverged run is stopped, not published: what counts as non-finite, and the error that ends the stage.
 
 A NaN or infinite loss or gradient norm is looked for at every optimizer step, and the run stops before anything
-from that step is logged or saved (`align.training.step_guard`); the weights themselves are checked before every save, since an update with finite
-gradients can still overflow them (a learning rate of 1e38), and a model with a NaN weight must never become a
-checkpoint a run resumes from, nor the stage's output."""
+from that step is logged or saved (`align.training.step_guard`); the weights themselves are checked before every
+save, since an update with finite gradients can still overflow them (a learning rate of 1e38), and a model with a
+NaN weight must never become a checkpoint a run resumes from, nor the stage's output."""
 
 import math
 
