@@ -112,3 +112,14 @@ def test_router_losses_average_each_routers_own_loss():
         alone = torch.stack([loss([router]) for router in logits]).mean()
         torch.testing.assert_close(together, alone)
         torch.testing.assert_close(torch.autograd.grad(together, logits), torch.autograd.grad(alone, logits))
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_load_balancing_picks_the_experts_topk_picks(top_k):
+    """The loss's one-hot of each row's top-k experts (rounds of argmax, cheaper on the GPU) marks what
+    `torch.topk` picks."""
+    from jetmoe_model.router_losses import _top_k_one_hot
+
+    probs = torch.randn(3, 50, 8).softmax(-1)
+    expected = torch.zeros_like(probs).scatter_(-1, probs.topk(top_k, dim=-1).indices, 1.0)
+    assert torch.equal(_top_k_one_hot(probs, top_k), expected)
