@@ -21,6 +21,7 @@ from jetmoe_kernels.combine import scattered_matmul_combine
 from jetmoe_kernels.glu import scattered_matmul_silu_glu, silu_glu
 from jetmoe_kernels.scatter_matmul import scatter_mm, scattered_matmul
 from jetmoe_kernels.schedule import routing_index
+from jetmoe_kernels.topk_gates import top_k_gates
 
 SHAPE = dict(tokens=8192, hidden=2048, ffn=5632, attn=2048, experts=8, top_k=2)
 
@@ -48,7 +49,7 @@ def make_inputs(shape=SHAPE, seed=0):
 
     logits = torch.randn(t, e, device="cuda", generator=gen)
     return dict(
-        routing=jetmoe_kernels.route(logits, k, torch.bfloat16),
+        routing=jetmoe_kernels.route(logits, k, torch.bfloat16), router_logits=logits.clone().requires_grad_(),
         x=rand(t, h), slots=rand(t * k, a), grouped_h=rand(t * k, f), ab=rand(t * k, 2 * f, scale=2.0),
         w_in=rand(e, 2 * f, h, scale=0.02), w_out=rand(e, h, f, scale=0.02),
         w_q=rand(e, a, h, scale=0.02), w_o=rand(e, h, a, scale=0.02),
@@ -67,7 +68,11 @@ def kernel_cases(inp):
     rows = r.sorted_slots.shape[0]
     ix = routing_index(r)
     ref = jetmoe_kernels.scattered_experts_reference
+    logits = inp["router_logits"]
     return {
+        "router top-k gates": (
+            lambda: top_k_gates(logits, r.top_k, torch.bfloat16)[0],
+            lambda: torch.softmax(logits.topk(r.top_k, dim=-1)[0], dim=-1).bfloat16(), (logits,), 0),
         "mlp input (token->grouped)": (
             lambda: scattered_matmul(x, w_in, ix, grouped_out=True),
             lambda: ref(x, w_in, r, grouped_out=True), (x, w_in), 2 * rows * w_in.shape[1] * w_in.shape[2]),

@@ -38,14 +38,16 @@ class Routing:
 def route(router_logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype, backend: str = "torch") -> Routing:
     """Top-k routing as JetMoE does it: softmax over the k largest logits (in float32), gates cast to `gate_dtype`.
 
-    The "triton" backend groups the slots with one kernel (`kernels.grouping`) instead of a sort and a histogram,
-    and keeps the int32 index the expert kernels read on the routing; the result is the same.
+    The "triton" backend runs two kernels instead of about a dozen ops: the gates and chosen experts in one
+    (`kernels.topk_gates`, which puts the lower expert first where logits tie), the slots grouped by expert in the
+    other (`kernels.grouping`, instead of a sort and a histogram); it keeps the int32 index the expert kernels read on
+    the routing. The result is the same (in Triton's CPU interpreter, up to the gates' last few bits).
     """
+    if backend == "triton":
+        return _routed_by_kernels(router_logits, top_k, gate_dtype)
     num_experts = router_logits.shape[-1]
     top_logits, experts = router_logits.float().topk(top_k, dim=-1)
     gates = torch.softmax(top_logits, dim=-1).to(gate_dtype)
-    if backend == "triton":
-        return _grouped_by_kernel(gates, experts, num_experts)
     flat_experts = experts.reshape(-1)
     sorted_experts, sorted_slots = flat_experts.sort(stable=True)
     counts = torch.zeros(num_experts, dtype=torch.long, device=router_logits.device)
@@ -60,11 +62,13 @@ def route(router_logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype, back
     )
 
 
-def _grouped_by_kernel(gates: torch.Tensor, experts: torch.Tensor, num_experts: int) -> Routing:
-    from .grouping import group_slots
+def _routed_by_kernels(router_logits: torch.Tensor, top_k: int, gate_dtype: torch.dtype) -> Routing:
+    from .grouping import group_slots  # imported lazily: Triton is only needed when selected
     from .schedule import RoutingIndex
+    from .topk_gates import top_k_gates
 
-    grouped = group_slots(experts, num_experts)
+    gates, experts = top_k_gates(router_logits.float(), top_k, gate_dtype)
+    grouped = group_slots(experts, router_logits.shape[-1])
     routing = Routing(
         gates=gates,
         experts=experts,
