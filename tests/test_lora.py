@@ -168,3 +168,43 @@ def test_quick_adapter_switch_leaves_trained_routers_to_peft(base_dir, tmp_path)
     model = trained_adapter(base_dir, tmp_path / "adapter", train_routers=True)
     assert not install_quick_adapter_switch(model)
     assert "disable_adapter" not in vars(model)
+
+
+def stock_and_ours_linear(dtype):
+    """One `kv_proj`-like layer with the same float32 adapter under stock PEFT and under `jetmoe_lora_config`."""
+    from peft import LoraConfig, get_peft_model
+
+    from align.lora.config import jetmoe_lora_config
+
+    ours = jetmoe_lora_config(LoraArguments(r=4, alpha=8, dropout=0.0, targets=["kv_proj"]))
+    ours.task_type = None  # a bare layer, not a causal LM
+    models = []
+    for config in (LoraConfig(r=4, lora_alpha=8, target_modules=["kv_proj"]), ours):
+        torch.manual_seed(0)
+        layer = torch.nn.Sequential()
+        layer.add_module("kv_proj", torch.nn.Linear(16, 12, bias=False))
+        model = get_peft_model(layer.to(dtype), config)
+        randomize(model, seed=3, only_lora=True)
+        models.append(model)
+    return models
+
+
+def test_lora_linear_computes_what_peft_computes():
+    """float32: the same output and adapter gradients as PEFT's `Linear`; bf16 base with PEFT's float32 adapters: the
+    update in bf16 (the factors cast down, not the input up), within bf16 rounding of PEFT's float32 update."""
+    from align.lora.linear import LoraLinear
+
+    for dtype, tolerance in ((torch.float32, dict(atol=1e-6, rtol=1e-5)), (torch.bfloat16, dict(atol=2e-2, rtol=2e-2))):
+        stock, ours = stock_and_ours_linear(dtype)
+        assert isinstance(ours.base_model.model.kv_proj, LoraLinear)
+        assert not isinstance(stock.base_model.model.kv_proj, LoraLinear)
+        x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1)).to(dtype)
+        outputs = [model(x) for model in (stock, ours)]
+        assert outputs[1].dtype == dtype
+        torch.testing.assert_close(outputs[1], outputs[0], **tolerance)
+        upstream = torch.randn(outputs[0].shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+        grads = [torch.autograd.grad(out, [p for n, p in model.named_parameters() if "lora_" in n], upstream)
+                 for out, model in zip(outputs, (stock, ours))]  # fmt: skip
+        for got, want in zip(grads[1], grads[0]):
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, want, **tolerance)

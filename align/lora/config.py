@@ -6,15 +6,17 @@ in the saved `adapter_config.json` is what lets stock PEFT load our adapters wit
 """
 
 from peft import LoraConfig
+from torch import nn
 
 from jetmoe_model.experts import ParallelExperts
 
 from .arguments import EXPERT_PROJECTIONS, MODULE_TARGETS, LoraArguments
+from .linear import LoraLinear
 from .routed_experts import RoutedExpertLora
 
 
 def jetmoe_lora_config(args: LoraArguments) -> LoraConfig:
-    """A PEFT `LoraConfig` in the stock layout, with our routed expert layer registered for training."""
+    """A PEFT `LoraConfig` in the stock layout, with our expert and linear layers registered for training."""
     modules_to_save = list(args.modules_to_save) + (["router"] if args.train_routers else [])
     config = LoraConfig(
         task_type="CAUSAL_LM",
@@ -30,9 +32,9 @@ def jetmoe_lora_config(args: LoraArguments) -> LoraConfig:
 
 
 def with_routed_experts(config: LoraConfig) -> LoraConfig:
-    """Make PEFT build `RoutedExpertLora` for expert weights under this config.
+    """Make PEFT build `RoutedExpertLora` for expert weights and our `LoraLinear` for linear layers under this config.
 
     The registration lives on the config object only: `adapter_config.json` does not record it.
     """
-    config._register_custom_module({ParallelExperts: RoutedExpertLora})
+    config._register_custom_module({ParallelExperts: RoutedExpertLora, nn.Linear: LoraLinear})
     return config
