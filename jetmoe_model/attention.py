@@ -15,7 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .attention_weights import eager_attention, eager_attention_in_stock_order
 from .experts import MoAExperts
 from .kv_cache import update_cache
-from .layers import apply_rotary
+from .layers import apply_rotary, resolve_backend
 from .varlen_attention import varlen_attention
 
 
@@ -52,12 +52,16 @@ class MoAAttention(nn.Module):
 
         cos, sin = position_embeddings
         backend = self.experts.backend
-        query, key = apply_rotary(query, cos, sin, backend), apply_rotary(key, cos, sin, backend)
+        # Packed: laid out token by token, so that `[T, heads, dim]` below is a view, not a copy for flash attention.
+        query, key = (apply_rotary(x, cos, sin, backend, token_major=packed is not None) for x in (query, key))
         if packed is not None:  # [1, heads*k, T, dim] -> [T, heads*k, dim] views, the layout varlen kernels read
-            key, value, cu_seqlens_k, max_length_k = packed.attention_keys(key[0].transpose(0, 1),
-                                                                           value[0].transpose(0, 1))
+            # (squeezed, not indexed: the backward of `x[0]` copies the gradient into zeros, of `squeeze` is a view)
+            key, value, query = (x.squeeze(0).transpose(0, 1) for x in (key, value, query))
+            key, value, cu_seqlens_k, max_length_k = packed.attention_keys(
+                key, value, resolve_backend(backend, key.device)
+            )
             attn = varlen_attention(
-                query[0].transpose(0, 1), key, value, packed.cu_seqlens, packed.max_length, self.scaling,
+                query, key, value, packed.cu_seqlens, packed.max_length, self.scaling,
                 self.config.attention_dropout if self.training else 0.0, cu_seqlens_k, max_length_k,
             )  # fmt: skip
             attn = attn.view(1, length, heads, k, dim).transpose(2, 3)

@@ -73,16 +73,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+def apply_rotary(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "torch", token_major: bool = False
+) -> torch.Tensor:
     """Rotate `x` `[B, heads, L, D]` by position tables `[B, L, D]`; heads may come as two dims `[B, H1, H2, L, D]`.
 
     Returns `[B, H1 * H2, L, D]`: the fused kernel reads the two-dim heads in place, PyTorch copies them first.
+    `token_major`: the fused kernel lays its result out as `[B, L, heads, D]` (what packed attention reads).
     """
     head_dim = x.shape[-1]
     if resolve_backend(backend, x.device) == "triton" and head_dim & (head_dim - 1) == 0:  # the kernel's tiles
         from jetmoe_kernels.rotary import apply_rotary as fused_rotary
 
-        return fused_rotary(x, cos, sin)
+        return fused_rotary(x, cos, sin, token_major)
     x = x.flatten(1, 2) if x.dim() == 5 else x
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + _rotate_half(x) * sin

@@ -35,6 +35,7 @@ class PackedBatch:
     key_index: torch.Tensor | None = None  # [key tokens]: the keys of each sequence in turn, as packed positions
     cu_seqlens_k: torch.Tensor | None = None  # boundaries of each sequence's keys in `key_index`
     max_length_k: int | None = None
+    key_sources: torch.Tensor | None = None  # [T', copies] int32: the positions in `key_index` of each packed token
     # A packed token some padded positions share (a pair's prompt): each padded position's packed token, or
     # `real_tokens` (a zero row) at padding. None: each packed token has one padded position, `token_index`.
     padded_index: torch.Tensor | None = None  # [batch * length]
@@ -75,14 +76,23 @@ class PackedBatch:
         return rows if flat else rows.unsqueeze(0)
 
 
-    def attention_keys(self, key: torch.Tensor, value: torch.Tensor):
+    def attention_keys(self, key: torch.Tensor, value: torch.Tensor, backend: str = "torch"):
         """Keys and values `[T, heads, D]` as each sequence reads them, with their boundaries and longest: the
         packed row itself (boundaries None: the queries'), or (prefix-shared pairs) gathered so that a response's
-        keys follow its prompt's."""
+        keys follow its prompt's; on Triton by one kernel each way (`jetmoe_kernels.gather_rows`)."""
         if self.key_index is None:
             return key, value, None, None
-        return (key.index_select(0, self.key_index), value.index_select(0, self.key_index), self.cu_seqlens_k,
-                self.max_length_k)  # fmt: skip
+        if backend == "triton" and _powers_of_two(*key.shape[1:]):
+            from jetmoe_kernels.gather_rows import gather_keys_values
+
+            key, value = gather_keys_values(key, value, self.key_index, self.key_sources)
+        else:
+            key, value = key.index_select(0, self.key_index), value.index_select(0, self.key_index)
+        return key, value, self.cu_seqlens_k, self.max_length_k
+
+
+def _powers_of_two(*sizes: int) -> bool:
+    return all(size & (size - 1) == 0 for size in sizes)
 
 
 def _round_up(tokens: int) -> int:

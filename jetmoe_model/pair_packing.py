@@ -29,6 +29,18 @@ def _ranges(starts: list[int], lengths: list[int]) -> torch.Tensor:
     return torch.repeat_interleave(torch.tensor(starts, dtype=torch.long) - offsets, lengths_t) + torch.arange(total)
 
 
+def _key_sources(key_index: torch.Tensor, rows: int) -> torch.Tensor:
+    """`[rows, copies]` int32: the positions in `key_index` of each packed token, ascending, padded with -1 (a
+    prompt token is read by both responses: two copies). The backward of the key gather sums them without atomics
+    (`jetmoe_kernels.gather_rows`)."""
+    order = torch.sort(key_index, stable=True).indices
+    counts = torch.bincount(key_index, minlength=rows)
+    rank = torch.arange(key_index.shape[0]) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+    sources = torch.full((rows, max(int(counts.max()), 1)), -1, dtype=torch.int32)
+    sources[key_index[order], rank] = order.to(torch.int32)
+    return sources
+
+
 def _cumulative(lengths: list[int]) -> torch.Tensor:
     return torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
@@ -85,10 +97,12 @@ def shared_prefix_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     padded_index = torch.full((rows * width,), real, dtype=torch.long)
     padded_index[token_index] = torch.arange(real)
     padded_index[_ranges(alias_starts, alias_lengths)] = _ranges(alias_packed, alias_lengths)
+    key_index = _ranges(key_starts, key_runs)
     device = attention_mask.device
     return PackedBatch(
         cu_seqlens=_cumulative(query_lengths).to(device), max_length=max(query_lengths), real_tokens=real,
         padded_shape=(rows, width), token_index=token_index.to(device),
-        key_index=_ranges(key_starts, key_runs).to(device), cu_seqlens_k=_cumulative(key_lengths).to(device),
-        max_length_k=max(key_lengths), padded_index=padded_index.to(device),
+        key_index=key_index.to(device), cu_seqlens_k=_cumulative(key_lengths).to(device),
+        max_length_k=max(key_lengths), key_sources=_key_sources(key_index, real + filler).to(device),
+        padded_index=padded_index.to(device),
     )  # fmt: skip

@@ -5,8 +5,11 @@ chunk, a negation, a `cat` and three elementwise passes, forward and again backw
 
 `x` may have any strides, and its heads may be two dimensions `[B, H1, H2, L, D]` (head `h1 * H2 + h2`): MoA's
 queries come out of the expert kernel as `[B, L, k, kv_heads, D]`, and reading them through that 5-D view spares the
-permute-copy into `[B, kv_heads * k, L, D]`. The result is contiguous `[B, heads, L, D]`; the gradient is written
-with the strides of `x`, so it reaches the expert kernel in the layout that kernel wrote.
+permute-copy into `[B, kv_heads * k, L, D]`. The result is contiguous `[B, heads, L, D]`, or with `token_major` a
+`[B, L, heads, D]` tensor seen as `[B, heads, L, D]`: the layout packed (varlen) attention reads, `[tokens, heads,
+D]`, without a copy. The gradient is written in the order of `x`'s dimensions, so it reaches the kernel before in the
+layout that kernel wrote, and the keys' gradient (`x` a strided half of the kv projection) meets the values' gradient
+token by token when autograd stacks the two into the projection's gradient (a slow transposing copy otherwise).
 """
 
 import torch
@@ -53,14 +56,14 @@ def _as_5d(x: torch.Tensor, h2: int) -> torch.Tensor:
     return x if x.dim() == 5 else x.unflatten(1, (x.shape[1] // h2, h2))
 
 
-def _dense_strides(x: torch.Tensor) -> tuple[int, ...] | None:
-    """`x`'s strides if they tile its memory without gaps (a permuted contiguous tensor), else None."""
-    expected = 1
-    for dim in sorted(range(x.dim()), key=x.stride):
-        if x.shape[dim] != 1 and x.stride(dim) != expected:
-            return None
-        expected *= x.shape[dim]
-    return x.stride()
+def _dense_in_order(shape: torch.Size, stride: tuple[int, ...]) -> tuple[int, ...]:
+    """Strides of a tensor of `shape` without gaps whose dimensions are ordered as `stride` orders them: `stride`
+    itself for a dense (possibly permuted) tensor."""
+    dense, expected = [0] * len(shape), 1
+    for dim in sorted(range(len(shape)), key=lambda dim: (stride[dim], dim)):
+        dense[dim] = expected
+        expected *= shape[dim]
+    return tuple(dense)
 
 
 def _launch(x5: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, y5: torch.Tensor, backward: bool) -> None:
@@ -78,26 +81,30 @@ class RotaryFunction(torch.autograd.Function):
     """Gradient for `x` only: the cos/sin tables are constants of the positions."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin):
+    def forward(ctx, x, cos, sin, token_major: bool):
         if cos.stride(-1) != 1 or sin.stride() != cos.stride():
             cos, sin = cos.contiguous(), sin.contiguous()
         x5 = _as_5d(x, 1)
         batch, h1, h2, length, dim = x5.shape
-        y = torch.empty(batch, h1 * h2, length, dim, device=x.device, dtype=torch.promote_types(x.dtype, cos.dtype))
+        dtype = torch.promote_types(x.dtype, cos.dtype)
+        if token_major:
+            y = torch.empty(batch, length, h1 * h2, dim, device=x.device, dtype=dtype).transpose(1, 2)
+        else:
+            y = torch.empty(batch, h1 * h2, length, dim, device=x.device, dtype=dtype)
         _launch(x5, cos, sin, _as_5d(y, h2), backward=False)
         ctx.save_for_backward(cos, sin)
-        ctx.x_meta = (x5.shape, _dense_strides(x5), x.dim())
+        ctx.x_meta = (x5.shape, _dense_in_order(x5.shape, x5.stride()), x.dim())
         return y
 
     @staticmethod
     def backward(ctx, dy):
         cos, sin = ctx.saved_tensors
         shape, stride, x_dim = ctx.x_meta
-        dx5 = torch.empty_strided(shape, stride, device=dy.device, dtype=dy.dtype) if stride else dy.new_empty(shape)
+        dx5 = torch.empty_strided(shape, stride, device=dy.device, dtype=dy.dtype)
         _launch(_as_5d(dy, shape[2]), cos, sin, dx5, backward=True)
-        return (dx5 if x_dim == 5 else dx5.flatten(1, 2)), None, None
+        return (dx5 if x_dim == 5 else dx5.flatten(1, 2)), None, None, None
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, token_major: bool = False) -> torch.Tensor:
     """`x` `[B, heads, L, D]` or `[B, H1, H2, L, D]` (head_dim a power of two), cos/sin `[B or 1, L, D]`."""
-    return RotaryFunction.apply(x, cos, sin)
+    return RotaryFunction.apply(x, cos, sin, token_major)

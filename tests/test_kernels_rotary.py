@@ -50,3 +50,17 @@ def test_query_gradient_keeps_the_expert_kernel_layout():
     view.register_hook(lambda grad: captured.setdefault("grad", grad))
     apply_rotary(view, cos, sin).sum().backward()
     assert captured["grad"].permute(0, 3, 2, 1, 4).is_contiguous()
+
+
+def test_token_major_result_and_the_keys_gradient_layout():
+    """`token_major` gives `[B, L, heads, D]` memory (packed attention's `[tokens, heads, D]` as a view), the same
+    values; the keys' gradient comes back token by token, as the kv projection lays keys out."""
+    leaf, keys = layouts(torch.float32)["keys"]
+    cos, sin = tables(1, LENGTH, DIM, torch.float32)
+    captured = {}
+    keys.register_hook(lambda grad: captured.setdefault("grad", grad))
+    ours = apply_rotary(keys, cos, sin, token_major=True)
+    assert ours.transpose(1, 2).is_contiguous()
+    assert_close(ours, reference(keys, cos, sin), torch.float32, "y")
+    ours.sum().backward()
+    assert captured["grad"].transpose(1, 2).is_contiguous()

@@ -64,3 +64,25 @@ def test_triton_backend_under_gradient_checkpointing():
     assert_close(loss_ckpt, loss, torch.float32, "loss")
     for name, grad in grads.items():
         assert_close(grads_ckpt[name], grad, torch.float32, name)
+
+
+def test_triton_backend_on_prefix_shared_pairs():
+    """DPO's prefix-shared pairs (`jetmoe_model.pair_packing`): the responses' keys gathered by the Triton kernel
+    (`jetmoe_kernels.gather_rows`), its backward summing a prompt token's two copies, as the PyTorch backend does."""
+    from test_prefix_shared_dpo import pair_batch
+
+    model = tiny_model(torch.float32)
+    model.config.padding_free = model.config.share_pair_prefix = True
+    batch = pair_batch()
+    ids, mask = batch["input_ids"].to(DEVICE), batch["attention_mask"].to(DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        model.set_moe_backend(backend)
+        model.zero_grad()
+        hidden = model.model(input_ids=ids, attention_mask=mask, preference_pairs=True).last_hidden_state
+        (hidden[mask.bool()].pow(2).mean()).backward()
+        results[backend] = hidden.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+    (hidden, grads), (hidden_t, grads_t) = results["triton"], results["torch"]
+    assert_close(hidden, hidden_t, torch.float32, "hidden")
+    for name, grad in grads_t.items():
+        assert_close(grads[name], grad, torch.float32, name)

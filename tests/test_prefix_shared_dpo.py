@@ -59,6 +59,10 @@ def test_layout_packs_each_prompt_once_and_lets_the_rejected_rest_read_it():
     # Pair 1's rejected rest reads the 5 prompt tokens at the start of the row, then itself (after chosen 1).
     first_rest_keys = packed.key_index[12:12 + 9].tolist()
     assert first_rest_keys == list(range(5)) + list(range(12, 16))
+    # Each packed token's copies among the keys (the backward sums them): a shared token's two, any other's one.
+    for token, positions in enumerate(packed.key_sources.tolist()):
+        positions = [p for p in positions if p >= 0]
+        assert positions == (packed.key_index == token).nonzero().flatten().tolist() and 1 <= len(positions) <= 2
     # The rejected row's prompt positions read the chosen row's packed prompt tokens.
     width = batch["input_ids"].shape[1]
     assert packed.padded_index.view(-1, width)[4, :5].tolist() == packed.padded_index.view(-1, width)[0, :5].tolist()
