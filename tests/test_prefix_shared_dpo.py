@@ -194,6 +194,26 @@ def test_dpo_loss_rewards_log_probs_and_gradients_equal_stock_trl_on_padded_pair
         torch.testing.assert_close(grads[key], grad, atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_the_reference_forward_alone_asks_for_cuda_graphs(tmp_path, lora):
+    """Our trainer makes the step's reference forward first, marked `cuda_graph` (replayed as CUDA graphs on a GPU,
+    `jetmoe_model.layer_graphs`), then the policy's, unmarked and with autograd (the two are checked equal to stock
+    TRL's above)."""
+    ours, _ = trainers(tmp_path, lora)
+    forwards = []
+    backbones = {module for module in (*ours.model.modules(), *(ours.ref_model.modules() if ours.ref_model else ()))
+                 if isinstance(module, jetmoe_model.JetMoEModel)}  # fmt: skip
+    for backbone in backbones:
+        backbone.register_forward_pre_hook(
+            lambda module, args, kwargs: forwards.append((kwargs.get("cuda_graph", False), torch.is_grad_enabled())),
+            with_kwargs=True,
+        )
+    batch = ours._prepare_inputs(ours.data_collator([ours.train_dataset[i] for i in range(4)]))
+    ours.model.train()
+    ours.compute_loss(ours.model, dict(batch))
+    assert forwards == [(True, False), (False, True)]
+
+
 def test_precomputed_reference_log_probs_are_the_padded_ones(tmp_path):
     ours, stock = trainers(tmp_path, lora=False)
     batch = ours._prepare_inputs(ours.data_collator([ours.train_dataset[i] for i in range(6)]))

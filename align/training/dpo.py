@@ -53,6 +53,35 @@ class SharedPromptsMixin:
         return super().compute_ref_log_probs(model, {**inputs, "preference_pairs": True})
 
 
+class GraphedReferenceMixin:
+    """The reference forward runs the same modules every step, without autograd: our model replays its layers as
+    CUDA graphs there (`jetmoe_model.layer_graphs`), one launch instead of about a thousand, and the host goes on to
+    the policy's forward while the GPU runs it. TRL makes the step's reference forward inside its loss, with the
+    policy's keywords: it is made here instead, ahead of the loss, by TRL's own `compute_ref_log_probs`, and handed
+    to the loss as precomputed log-probs. Not under DeepSpeed or FSDP, whose sharded parameters are gathered into
+    new memory on every forward."""
+
+    def _graphs_allowed(self) -> bool:
+        return not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if self.precompute_ref_logps or not self._graphs_allowed():
+            return super()._compute_loss(model, inputs, return_outputs)
+        ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or model, inputs)
+        self.precompute_ref_logps = True  # the loss reads the reference log-probs from the inputs
+        try:
+            return super()._compute_loss(
+                model, {**inputs, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}, return_outputs
+            )
+        finally:
+            self.precompute_ref_logps = False
+
+    def compute_ref_log_probs(self, model, inputs):
+        if not self._graphs_allowed():
+            return super().compute_ref_log_probs(model, inputs)
+        return super().compute_ref_log_probs(model, {**inputs, "cuda_graph": True})
+
+
 class QuickReferenceMixin:
     """LoRA's reference is the policy with its adapters off, switched on every step (and every batch of a
     precomputed reference pass) by `align.lora.adapter_switch` instead of PEFT's model scans."""
@@ -74,7 +103,8 @@ class QuickReferenceMixin:
         return super().compute_ref_log_probs(model, inputs)
 
 
-class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, SharedPromptsMixin, DPOTrainer):
+class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, GraphedReferenceMixin,
+                       SharedPromptsMixin, DPOTrainer):  # fmt: skip
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
     preference_pairs = True  # batches planned on the host share each pair's prompt (`PlannedBatchesMixin`)

@@ -38,8 +38,9 @@ class RouterLossMixin:
         return args, {**kwargs, "output_router_logits": True}
 
     def _capture_router_logits(self, module, args, kwargs, output):
-        # The first backbone forward of a `compute_loss` is the policy's; a PEFT reference pass may follow.
-        if self._captured is None:
+        # The policy's forward: the first backbone forward of a `compute_loss` that is not the reference's, which
+        # our DPO trainer runs first and marks `cuda_graph` (a PEFT reference pass in TRL's loss comes after).
+        if self._captured is None and not kwargs.get("cuda_graph"):
             self._captured = (output.router_logits, kwargs.get("attention_mask"))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
