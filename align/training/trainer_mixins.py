@@ -1,9 +1,11 @@
 """What our SFT and DPO trainers add to TRL's, in one place: a stop (or a skipped step) on a non-finite loss and a
 checkpoint on SIGTERM, checkpoints that survive a kill and record the run's settings, accepted recipe changes
 applied on resume, no extra step after a finished resume, no tied-weight noise on resume, JetMoE's router
-losses, token-balanced micro-batches, steps queued without waiting for the GPU."""
+losses, token-balanced micro-batches, steps queued without waiting for the GPU, gradient clipping inside the fused
+optimizer step."""
 
 from ..runs.crash_safe import CrashSafeCheckpointsMixin
+from .clipping import ClipInFusedAdamMixin
 from .planned_batches import PlannedBatchesMixin
 from .resume_trainer import ResumeSettingsMixin
 from .router_loss import RouterLossMixin
@@ -14,5 +16,6 @@ from .token_batches import TokenBalancedBatchesMixin
 
 
 class JetMoETrainerMixin(StepGuardMixin, ResumeSettingsMixin, CrashSafeCheckpointsMixin, StopAtMaxStepsMixin,
-                         TiedWeightsResumeMixin, PlannedBatchesMixin, RouterLossMixin, TokenBalancedBatchesMixin):
+                         TiedWeightsResumeMixin, PlannedBatchesMixin, RouterLossMixin, TokenBalancedBatchesMixin,
+                         ClipInFusedAdamMixin):
     """Mix in before a TRL trainer: `class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer)`."""
