@@ -35,6 +35,8 @@ class RouterLossMixin:
 
     @staticmethod
     def _ask_for_router_logits(module, args, kwargs):
+        if kwargs.get("cuda_graph"):  # the DPO reference's forward (below): its router logits are never read
+            return args, kwargs
         return args, {**kwargs, "output_router_logits": True}
 
     def _capture_router_logits(self, module, args, kwargs, output):
