@@ -58,11 +58,16 @@ class GraphedReferenceMixin:
     CUDA graphs there (`jetmoe_model.layer_graphs`), one launch instead of about a thousand, and the host goes on to
     the policy's forward while the GPU runs it. TRL makes the step's reference forward inside its loss, with the
     policy's keywords: it is made here instead, ahead of the loss, by TRL's own `compute_ref_log_probs`, and handed
-    to the loss as precomputed log-probs. Not under DeepSpeed or FSDP, whose sharded parameters are gathered into
-    new memory on every forward."""
+    to the loss as precomputed log-probs.
+
+    Only for LoRA's reference, the policy with its adapters off, whose steps the host's launches pace. A separate
+    reference model (full fine-tuning) ran slower replayed on one H200 (33.6k against 37.6k real tokens/s with 12
+    layers, docs/benchmarks.md): its steps are paced by the GPU, which the spare rows only add to, and each new size
+    class's capture costs a step ~0.1 s. Not under DeepSpeed or FSDP either: they gather sharded parameters into new
+    memory on every forward."""
 
     def _graphs_allowed(self) -> bool:
-        return not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        return self.ref_model is None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if self.precompute_ref_logps or not self._graphs_allowed():
