@@ -22,15 +22,12 @@ class JetMoEConfig(JetMoeConfig):
         and keep the sequences of a packed row apart by their boundaries (`jetmoe_model.packing`).
     share_pair_prefix: with `padding_free`, a forward given DPO's preference pairs (`preference_pairs=True`, as our
         DPO trainer passes) computes each pair's prompt once for both responses (`jetmoe_model.pair_packing`).
-    cuda_graphs: with `padding_free`, on a GPU, forwards without autograd that ask for it (`cuda_graph=True`, as our
-        DPO trainer's reference forwards do) replay their decoder layers as CUDA graphs (`jetmoe_model.layer_graphs`).
     """
 
     router_z_loss_coef: float = 0.001
     moe_backend: str = "auto"
     padding_free: bool = True
     share_pair_prefix: bool = True
-    cuda_graphs: bool = True
 
     def __post_init__(self, **kwargs):
         for legacy, field in _LEGACY_FIELDS.items():

@@ -21,8 +21,7 @@ from .checkpoint_checks import JetMoECheckpointError, shape_mismatches
 from .configuration import MOE_BACKENDS, JetMoEConfig
 from .experts import MoAExperts, MoEMLP, ParallelExperts
 from .input_checks import check_inputs
-from .layer_graphs import LayerGraphs
-from .layers import RMSNorm, RotaryEmbedding, resolve_backend
+from .layers import RMSNorm, RotaryEmbedding
 from .output_flags import requested_outputs
 from .packing import PackedBatch, packed_positions
 from .router_losses import load_balancing_loss, router_z_loss
@@ -121,7 +120,6 @@ class JetMoEModel(JetMoEPreTrainedModel):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, backend=config.moe_backend)
         self.rotary_emb = RotaryEmbedding(config)
         self.gradient_checkpointing = False
-        self._layer_graphs = LayerGraphs()
         self.post_init()
 
     @can_return_tuple
@@ -139,7 +137,6 @@ class JetMoEModel(JetMoEPreTrainedModel):
         past_key_values=None,
         preference_pairs: bool = False,
         packed_batch: PackedBatch | None = None,
-        cuda_graph: bool = False,
         **kwargs,
     ) -> JetMoEModelOutput:
         """The cache comes as `cache` (transformers >= 5.24) or `past_key_values` (<= 5.23, and older callers) and
@@ -150,11 +147,7 @@ class JetMoEModel(JetMoEPreTrainedModel):
         (its prompt) is computed once (`jetmoe_model.pair_packing`). Outputs are the same either way.
 
         `packed_batch`: this batch's padding-free layout, worked out on the host by `batch_plan.plan_batch` (which
-        also checked the input values): used instead of deciding it here, which needs host syncs.
-
-        `cuda_graph`: a packed forward without autograd on a GPU replays the decoder layers as a CUDA graph
-        (`jetmoe_model.layer_graphs`; `config.cuda_graphs: false` turns it off). The caller promises that every such
-        call runs the same modules (DPO's reference forward), as a graph replays what it captured."""
+        also checked the input values): used instead of deciding it here, which needs host syncs."""
         cache = given_cache(cache, past_key_values)
         output_attentions, output_hidden_states, output_router_logits = requested_outputs(
             self.config,
@@ -205,18 +198,27 @@ class JetMoEModel(JetMoEPreTrainedModel):
             )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
+        hidden_states = inputs_embeds
         all_hidden_states = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
-        if self._may_replay_graph(cuda_graph, packed, inputs_embeds, output_hidden_states):
-            hidden_states, stacked_logits = self._layer_graphs(
-                self._graphable_layers, inputs_embeds, position_embeddings, packed, output_router_logits, self.training
+        router_logits = []
+        for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+            hidden_states, attn_weights, attn_logits, mlp_logits = layer(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=mask,
+                cache=cache,
+                position_ids=position_ids,
+                output_attentions=output_attentions,
+                packed=packed,
+                **kwargs,
             )
-            router_logits = list(stacked_logits.unbind(0)) if output_router_logits else []
-        else:
-            hidden_states, router_logits = self._run_layers(
-                inputs_embeds, position_embeddings, all_hidden_states, all_attentions, attention_mask=mask,
-                cache=cache, position_ids=position_ids, output_attentions=output_attentions, packed=packed, **kwargs,
-            )  # fmt: skip
+            if all_attentions is not None:
+                all_attentions.append(attn_weights)
+            router_logits += [attn_logits, mlp_logits]
+        hidden_states = self.norm(hidden_states)
         if all_hidden_states is not None:
             all_hidden_states.append(hidden_states)
         if packed is not None:  # back to the caller's layout
@@ -234,35 +236,6 @@ class JetMoEModel(JetMoEPreTrainedModel):
             router_logits=tuple(router_logits) if output_router_logits else None,
         )
 
-
-    def _run_layers(self, hidden_states, position_embeddings, all_hidden_states=None, all_attentions=None,
-                    **layer_kwargs):  # fmt: skip
-        """The decoder layers and the final norm: `(hidden_states, router_logits)`, two logits per layer (MoA, MoE);
-        each layer's input and attention weights appended to the lists given."""
-        router_logits = []
-        for layer in self.layers:
-            if all_hidden_states is not None:
-                all_hidden_states.append(hidden_states)
-            hidden_states, attn_weights, attn_logits, mlp_logits = layer(
-                hidden_states, position_embeddings=position_embeddings, **layer_kwargs
-            )
-            if all_attentions is not None:
-                all_attentions.append(attn_weights)
-            router_logits += [attn_logits, mlp_logits]
-        return self.norm(hidden_states), router_logits
-
-    def _graphable_layers(self, hidden_states, position_embeddings, packed, keep_router_logits):
-        """`_run_layers` on a packed batch, as `LayerGraphs` captures it: the router logits stacked, or None."""
-        hidden_states, router_logits = self._run_layers(hidden_states, position_embeddings, packed=packed)
-        return hidden_states, torch.stack(router_logits) if keep_router_logits else None
-
-    def _may_replay_graph(self, cuda_graph: bool, packed, inputs_embeds, output_hidden_states) -> bool:
-        """Whether this forward's layers run as a CUDA graph (`layer_graphs`): asked for, allowed by the config, a
-        packed batch on a GPU with our kernels, no autograd, and no hidden states to return."""
-        return (cuda_graph and self.config.cuda_graphs and packed is not None and inputs_embeds.is_cuda
-                and not output_hidden_states and not torch.is_grad_enabled()
-                and resolve_backend(self.config.moe_backend, inputs_embeds.device) == "triton"
-                and not torch.cuda.is_current_stream_capturing())  # fmt: skip
 
     def _runs_padding_free(self, cache, output_attentions) -> bool:
         """With `config.padding_free` and SDPA or flash attention, only without a cache (training, scoring) and no
@@ -298,11 +271,10 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
         past_key_values=None,
         preference_pairs: bool = False,
         packed_batch: PackedBatch | None = None,
-        cuda_graph: bool = False,
         **kwargs,
     ) -> JetMoECausalLMOutput:
-        """The cache comes as `cache` or `past_key_values`; `preference_pairs`, `packed_batch` and `cuda_graph` mean
-        what they mean to `JetMoEModel.forward`."""
+        """The cache comes as `cache` or `past_key_values`; `preference_pairs` and `packed_batch` mean what they
+        mean to `JetMoEModel.forward`."""
         (output_router_logits,) = requested_outputs(self.config, output_router_logits=output_router_logits)
         outputs = self.model(
             input_ids=input_ids,
@@ -317,7 +289,6 @@ class JetMoEForCausalLM(JetMoEPreTrainedModel, GenerationMixin):
             return_dict=True,
             preference_pairs=preference_pairs,
             packed_batch=packed_batch,
-            cuda_graph=cuda_graph,
             **kwargs,
         )
         # logits_to_keep: an int keeps the last n positions (0 keeps all), a tensor selects positions.

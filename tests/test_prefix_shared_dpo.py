@@ -195,23 +195,24 @@ def test_dpo_loss_rewards_log_probs_and_gradients_equal_stock_trl_on_padded_pair
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_the_reference_forward_alone_asks_for_cuda_graphs(tmp_path, lora):
-    """With LoRA our trainer makes the step's reference forward first, marked `cuda_graph` (replayed as CUDA graphs
-    on a GPU, `jetmoe_model.layer_graphs`), then the policy's, unmarked and with autograd; a separate reference model
-    (full fine-tuning) runs after the policy, unmarked, as in TRL (both checked equal to stock TRL's above)."""
+def test_the_reference_forward_comes_first_without_router_logits(tmp_path, lora):
+    """Our trainer makes the step's reference forward first, without autograd and not asked for router logits, then
+    the policy's, with both (the loss and gradients are checked equal to stock TRL's above)."""
     ours, _ = trainers(tmp_path, lora)
     forwards = []
     backbones = {module for module in (*ours.model.modules(), *(ours.ref_model.modules() if ours.ref_model else ()))
                  if isinstance(module, jetmoe_model.JetMoEModel)}  # fmt: skip
-    for backbone in backbones:
+    for backbone in backbones:  # registered after the router losses' hook: sees what it asked for
         backbone.register_forward_pre_hook(
-            lambda module, args, kwargs: forwards.append((kwargs.get("cuda_graph", False), torch.is_grad_enabled())),
+            lambda module, args, kwargs: forwards.append(
+                (torch.is_grad_enabled(), bool(kwargs.get("output_router_logits")))
+            ),
             with_kwargs=True,
         )
     batch = ours._prepare_inputs(ours.data_collator([ours.train_dataset[i] for i in range(4)]))
     ours.model.train()
     ours.compute_loss(ours.model, dict(batch))
-    assert forwards == ([(True, False), (False, True)] if lora else [(False, True), (False, False)])
+    assert forwards == [(False, False), (True, True)]
 
 
 def test_precomputed_reference_log_probs_are_the_padded_ones(tmp_path):

@@ -53,24 +53,16 @@ class SharedPromptsMixin:
         return super().compute_ref_log_probs(model, {**inputs, "preference_pairs": True})
 
 
-class GraphedReferenceMixin:
-    """The reference forward runs the same modules every step, without autograd: our model replays its layers as
-    CUDA graphs there (`jetmoe_model.layer_graphs`), one launch instead of about a thousand, and the host goes on to
-    the policy's forward while the GPU runs it. TRL makes the step's reference forward inside its loss, with the
-    policy's keywords: it is made here instead, ahead of the loss, by TRL's own `compute_ref_log_probs`, and handed
-    to the loss as precomputed log-probs.
+class ReferenceFirstMixin:
+    """TRL makes the step's reference forward inside its loss, after the policy's, with the policy's keywords: it is
+    made first here instead, by TRL's own `compute_ref_log_probs`, and handed to the loss as precomputed log-probs.
+    The trainer then knows which forward is the reference's (`_reference_pass`): the router losses neither ask it
+    for router logits nor read them (TRL drops `output_router_logits` there; our hook would have put it back)."""
 
-    Only for LoRA's reference, the policy with its adapters off, whose steps the host's launches pace. A separate
-    reference model (full fine-tuning) ran slower replayed on one H200 (33.6k against 37.6k real tokens/s with 12
-    layers, docs/benchmarks.md): its steps are paced by the GPU, which the spare rows only add to, and each new size
-    class's capture costs a step ~0.1 s. Not under DeepSpeed or FSDP either: they gather sharded parameters into new
-    memory on every forward."""
-
-    def _graphs_allowed(self) -> bool:
-        return self.ref_model is None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+    _reference_pass = False
 
     def _compute_loss(self, model, inputs, return_outputs):
-        if self.precompute_ref_logps or not self._graphs_allowed():
+        if self.precompute_ref_logps:
             return super()._compute_loss(model, inputs, return_outputs)
         ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or model, inputs)
         self.precompute_ref_logps = True  # the loss reads the reference log-probs from the inputs
@@ -82,9 +74,11 @@ class GraphedReferenceMixin:
             self.precompute_ref_logps = False
 
     def compute_ref_log_probs(self, model, inputs):
-        if not self._graphs_allowed():
+        self._reference_pass = True
+        try:
             return super().compute_ref_log_probs(model, inputs)
-        return super().compute_ref_log_probs(model, {**inputs, "cuda_graph": True})
+        finally:
+            self._reference_pass = False
 
 
 class QuickReferenceMixin:
@@ -108,7 +102,7 @@ class QuickReferenceMixin:
         return super().compute_ref_log_probs(model, inputs)
 
 
-class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, GraphedReferenceMixin,
+class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, ReferenceFirstMixin,
                        SharedPromptsMixin, DPOTrainer):  # fmt: skip
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 

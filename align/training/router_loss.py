@@ -33,16 +33,16 @@ class RouterLossMixin:
         backbones[0].register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True)
         backbones[0].register_forward_hook(self._capture_router_logits, with_kwargs=True)
 
-    @staticmethod
-    def _ask_for_router_logits(module, args, kwargs):
-        if kwargs.get("cuda_graph"):  # the DPO reference's forward (below): its router logits are never read
+    _reference_pass = False  # our DPO trainer's reference forward runs meanwhile (`dpo.ReferenceFirstMixin`)
+
+    def _ask_for_router_logits(self, module, args, kwargs):
+        if self._reference_pass:  # the reference's router logits are never read
             return args, kwargs
         return args, {**kwargs, "output_router_logits": True}
 
     def _capture_router_logits(self, module, args, kwargs, output):
-        # The policy's forward: the first backbone forward of a `compute_loss` that is not the reference's, which
-        # our DPO trainer runs first and marks `cuda_graph` (a PEFT reference pass in TRL's loss comes after).
-        if self._captured is None and not kwargs.get("cuda_graph"):
+        # The policy's forward: the first backbone forward of a `compute_loss` that is not the reference's.
+        if self._captured is None and not self._reference_pass:
             self._captured = (output.router_logits, kwargs.get("attention_mask"))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
