@@ -59,8 +59,6 @@ class ReferenceFirstMixin:
     The trainer then knows which forward is the reference's (`_reference_pass`): the router losses neither ask it
     for router logits nor read them (TRL drops `output_router_logits` there; our hook would have put it back)."""
 
-    _reference_pass = False
-
     def _compute_loss(self, model, inputs, return_outputs):
         if self.precompute_ref_logps:
             return super()._compute_loss(model, inputs, return_outputs)
