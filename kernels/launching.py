@@ -36,8 +36,9 @@ class QuickLaunch:
         if interpreting():  # Triton's interpreter decorates with an `InterpretedFunction`: launched as it is
             return
         self.names = list(kernel.arg_names)
-        self.constexpr = [param.is_constexpr for param in kernel.params]
-        self.unspecialised = [param.do_not_specialize for param in kernel.params]
+        self.name_set = frozenset(self.names)
+        self.kinds = [_CONSTEXPR if param.is_constexpr else _UNSPECIALISED if param.do_not_specialize else _VALUE
+                      for param in kernel.params]  # fmt: skip
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
@@ -47,7 +48,10 @@ class QuickLaunch:
             return self.kernel[grid](*args, **kwargs)
         device = torch.cuda.current_device()
         key, values = self.key(args, kwargs, device)
-        compiled = self.compiled.get(key) if key is not None else None
+        try:
+            compiled = self.compiled.get(key) if key is not None else None
+        except TypeError:  # an unhashable constexpr: Triton's own call
+            key, compiled = None, None
         if compiled is None:
             compiled = self.kernel[grid](*args, **kwargs)
             if key is not None:
@@ -62,46 +66,36 @@ class QuickLaunch:
         return compiled
 
     def key(self, args: tuple, kwargs: dict, device: int) -> tuple[tuple | None, list]:
-        """The call's key and its argument values in the kernel's order; key None where it cannot be keyed."""
+        """The call's key and its argument values in the kernel's order; key None where it cannot be keyed.
+
+        Runs on every launch (~1,300 a DPO step), hence one pass over the arguments and exact-type dispatch."""
         values = list(args)
-        for name in self.names[len(args):]:
-            if name not in kwargs:
-                return None, values
-            values.append(kwargs[name])
-        options = tuple(sorted((name, value) for name, value in kwargs.items() if name not in self.names))
+        try:
+            values += [kwargs[name] for name in self.names[len(args):]]
+        except KeyError:  # a missing argument: Triton's own call reports it
+            return None, values
+        options = tuple(sorted((name, kwargs[name]) for name in kwargs.keys() - self.name_set))
         parts = [device, options]
-        for value, constexpr, unspecialised in zip(values, self.constexpr, self.unspecialised):
-            part = _key_part(value, constexpr, unspecialised)
-            if part is _UNKEYED:
+        append = parts.append
+        for value, kind in zip(values, self.kinds):
+            value_type = type(value)
+            if kind is _CONSTEXPR or value is None or value_type is bool:
+                append(value)
+            elif value_type is torch.Tensor or value_type is torch.nn.Parameter:
+                append((value.dtype, value.data_ptr() % 16 == 0))
+            elif value_type is int:
+                append(("int32" if -(2**31) <= value < 2**31 else "int64") if kind is _UNSPECIALISED else value)
+            elif value_type is float:
+                append(float)
+            elif value_type.__name__ == "TensorDescriptor":  # the host TMA descriptor: tensor, shape, strides, tiles
+                append((value.base.dtype, value.base.data_ptr() % 16 == 0, tuple(value.shape), tuple(value.strides),
+                        tuple(value.block_shape), getattr(value, "padding", None)))  # fmt: skip
+            else:
                 return None, values
-            parts.append(part)
         return tuple(parts), values
 
 
-_UNKEYED = object()
-
-
-def _key_part(value, constexpr: bool, unspecialised: bool):
-    if constexpr or value is None or isinstance(value, bool):
-        return value if _hashable(value) else _UNKEYED
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if isinstance(value, int):
-        return ("int32" if -(2**31) <= value < 2**31 else "int64") if unspecialised else value
-    if isinstance(value, float):
-        return float
-    if type(value).__name__ == "TensorDescriptor":  # the host TMA descriptor: its tensor, shape, strides, tiles
-        return (value.base.dtype, value.base.data_ptr() % 16 == 0, tuple(value.shape), tuple(value.strides),
-                tuple(value.block_shape), getattr(value, "padding", None))  # fmt: skip
-    return _UNKEYED
-
-
-def _hashable(value) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
+_CONSTEXPR, _UNSPECIALISED, _VALUE = "constexpr", "unspecialised", "value"
 
 
 def quick_launch(kernel) -> QuickLaunch:

@@ -32,6 +32,7 @@ def test_the_key_changes_with_what_triton_specialises_on(monkeypatch):
     base = key(launcher, x, y)
     assert base is not None
     assert key(launcher, torch.ones(64), torch.ones(64), m=7, scale=2.0) == base  # values, not variants
+    assert key(launcher, torch.nn.Parameter(x), y) == base  # a parameter is keyed as its tensor
     changed = [
         key(launcher, x.double(), y),  # dtype
         key(launcher, torch.zeros(65)[1:], y),  # 4-byte offset: not 16-byte aligned
