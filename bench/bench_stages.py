@@ -158,18 +158,20 @@ def model_flops(config, lengths: list[int], forwards: int) -> float:
 
 
 class CountingCollator:
-    """Wraps a trainer's data collator; notes each batch's (real, processed) tokens and its sequences' lengths, in
-    the order the trainer consumes them (the data loader may collate one batch ahead: the list then holds one
-    more)."""
+    """Wraps a trainer's data collator; notes each batch's (real, processed) tokens and its sequences' lengths in the
+    batch itself (`COUNTS`), computed where the batch is collated, in a data loader worker with
+    `dataloader_num_workers`; `attach_measuring` takes them out again as the trainer consumes the batch."""
 
     def __init__(self, collator, pad_token_id: int, unpadding_model: bool):
         self.collator, self.pad_token_id, self.unpadding_model = collator, pad_token_id, unpadding_model
-        self.batches: list[tuple[int, int, list[int]]] = []
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        self.batches.append((*count_tokens(batch, self.pad_token_id, self.unpadding_model), sequence_lengths(batch)))
-        return batch
+        counts = (*count_tokens(batch, self.pad_token_id, self.unpadding_model), sequence_lengths(batch))
+        return {**batch, COUNTS: counts}
+
+
+COUNTS = "bench_counts"  # the batch key `CountingCollator` adds; removed before the model sees the batch
 
 
 def synchronize() -> None:
@@ -180,11 +182,11 @@ def synchronize() -> None:
 class StepRecorder(TrainerCallback):
     """Step end times (when the GPU finished each step: a CUDA event recorded at the step's end, read after
     training, so that measuring does not make the host wait for the GPU between steps, which our trainers avoid),
-    the run's peak memory and log; the steps' batches come from the collator wrapper. Batches collated before
-    training (DPO's precomputed reference pass) are dropped."""
+    the run's peak memory and log; the counts of the batches the steps train on (`CountingCollator`), noted as
+    the trainer takes each in. Batches taken in before training (DPO's precomputed reference pass) are dropped."""
 
-    def __init__(self, counter: CountingCollator):
-        self.counter = counter
+    def __init__(self):
+        self.batches: list[tuple[int, int, list[int]]] = []  # each consumed batch's counts, in order
         self.start, self.ends, self.peak_gib, self.log_history, self.model_config = None, [], None, [], None
         self.reference_pass = None  # DPO's precomputed reference pass: its seconds and sequences
         self._marks = []
@@ -198,7 +200,7 @@ class StepRecorder(TrainerCallback):
         return event
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.counter.batches.clear()
+        self.batches.clear()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         synchronize()
@@ -280,9 +282,15 @@ def attach_measuring(trainer, pad_token_id: int, profile: str | None = None, fir
     if profile:
         trainer.add_callback(StepProfiler(profile, first_profiled, profiled_steps))
     unpadding_model = getattr(trainer.accelerator.unwrap_model(trainer.model).config, "padding_free", False)
-    counter = CountingCollator(trainer.data_collator, pad_token_id, unpadding_model)
-    trainer.data_collator = counter
-    recorder = StepRecorder(counter)
+    trainer.data_collator = CountingCollator(trainer.data_collator, pad_token_id, unpadding_model)
+    recorder = StepRecorder()
+    prepare_inputs = trainer._prepare_inputs
+
+    def counted_inputs(inputs):  # every batch a step trains on passes here first, in the trainer's process
+        recorder.batches.append(inputs.pop(COUNTS))
+        return prepare_inputs(inputs)
+
+    trainer._prepare_inputs = counted_inputs
     recorder.model_config = trainer.accelerator.unwrap_model(trainer.model).config
     trainer.add_callback(recorder)
     return recorder
@@ -295,7 +303,7 @@ def step_records(recorder: StepRecorder, accumulation: int, config=None, forward
     starts = [recorder.start] + recorder.ends[:-1]
     records = []
     for index, (start, end) in enumerate(zip(starts, recorder.ends)):
-        batches = recorder.counter.batches[index * accumulation:(index + 1) * accumulation]
+        batches = recorder.batches[index * accumulation:(index + 1) * accumulation]
         flops = sum(model_flops(config, lengths, forwards) for _, _, lengths in batches) if config else None
         records.append({"step": index + 1, "seconds": end - start, "real_tokens": sum(b[0] for b in batches),
                         "sequences": sum(len(lengths) for _, _, lengths in batches),
@@ -470,7 +478,8 @@ def stock_config(recipe, tokenizer):
 
 
 def stock_training_args(cli, recipe, checkpointing_supported: bool):
-    """TRL's config with our recipe's micro-batch, length, optimisation and precision; TRL defaults otherwise."""
+    """TRL's config with our recipe's micro-batch, length, optimisation, precision and data loader workers; TRL
+    defaults otherwise."""
     from align.config.recipes import training_config_class
 
     ours = recipe.training
@@ -482,6 +491,8 @@ def stock_training_args(cli, recipe, checkpointing_supported: bool):
         lr_scheduler_type=ours.lr_scheduler_type, warmup_steps=ours.warmup_steps, max_length=ours.max_length,
         bf16=ours.bf16, use_cpu=ours.use_cpu, logging_steps=ours.logging_steps, save_strategy="no", eval_strategy="no",
         report_to="none", activation_checkpointing=checkpointing, gradient_checkpointing=checkpointing,
+        dataloader_num_workers=ours.dataloader_num_workers, dataloader_prefetch_factor=ours.dataloader_prefetch_factor,
+        dataloader_persistent_workers=ours.dataloader_persistent_workers,
     )  # fmt: skip
     if cli.stage == "sft":
         values["assistant_only_loss"] = ours.assistant_only_loss
