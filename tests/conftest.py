@@ -1,6 +1,7 @@
 """Shared fixtures: tiny JetMoE configs that keep every model test fast on two CPU cores."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,8 +11,17 @@ import jetmoe_model  # noqa: F401  first: in an uninstalled source checkout it m
 
 # Keep CPU runs predictable and quiet.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Prepared data of the stages run by tests (and the processes they start) stays out of the user's cache.
-os.environ.setdefault("JETMOE_ALIGN_PREPARED_DIR", tempfile.mkdtemp(prefix="jetmoe-align-prepared-"))
+# Prepared data of the stages run by tests (and the processes they start) stays out of the user's cache, in a
+# directory the session that made it removes at its end.
+OWN_PREPARED_DIR = None
+if "JETMOE_ALIGN_PREPARED_DIR" not in os.environ:
+    OWN_PREPARED_DIR = os.environ["JETMOE_ALIGN_PREPARED_DIR"] = tempfile.mkdtemp(prefix="jetmoe-align-prepared-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if OWN_PREPARED_DIR is not None:
+        shutil.rmtree(OWN_PREPARED_DIR, ignore_errors=True)
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY_SHAPES = {
