@@ -19,7 +19,7 @@ from .scatter_matmul import (
     save_operands,
     scatter_mm,
 )
-from .schedule import RoutingIndex, interpreting
+from .schedule import RoutingIndex, cdiv, interpreting, next_power_of_2
 
 
 @quick_launch
@@ -67,7 +67,7 @@ def _grouped_output_grad_kernel(DOUT, G, DY, slot_rows, H, TOP_K: tl.constexpr, 
 
 
 def _block_h(hidden: int) -> int:
-    return 16 if interpreting() else min(1024, triton.next_power_of_2(hidden))
+    return 16 if interpreting() else min(1024, next_power_of_2(hidden))
 
 
 def combine_forward(y: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,7 +76,7 @@ def combine_forward(y: torch.Tensor, gates: torch.Tensor, bias: torch.Tensor | N
     hidden = y.shape[1]
     out = torch.empty(num_tokens, hidden, device=y.device, dtype=y.dtype)
     block_h = _block_h(hidden)
-    _combine_fwd_kernel[(num_tokens, triton.cdiv(hidden, block_h))](
+    _combine_fwd_kernel[(num_tokens, cdiv(hidden, block_h))](
         y, gates, bias if bias is not None else y, out, hidden, TOP_K=top_k, HAS_BIAS=bias is not None,
         BLOCK_H=block_h,
     )  # fmt: skip
@@ -88,7 +88,7 @@ def grouped_output_grad(dout: torch.Tensor, gates: torch.Tensor, index: RoutingI
     rows = index.slot_rows.shape[0]
     dy = torch.empty(rows, dout.shape[1], device=dout.device, dtype=dout.dtype)
     block_h = _block_h(dout.shape[1])
-    _grouped_output_grad_kernel[(rows, triton.cdiv(dout.shape[1], block_h))](
+    _grouped_output_grad_kernel[(rows, cdiv(dout.shape[1], block_h))](
         dout, gates, dy, index.slot_rows, dout.shape[1], TOP_K=gates.shape[1], BLOCK_H=block_h
     )
     return dy

@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .launching import quick_launch
 from .scatter_matmul import NO_LORA, SAVED_OPERANDS, input_rows, matmul_grads, save_operands, scatter_mm
-from .schedule import RoutingIndex, interpreting
+from .schedule import RoutingIndex, cdiv, interpreting, next_power_of_2
 
 
 @triton.jit
@@ -53,14 +53,14 @@ def _blocks(ffn: int) -> tuple[int, int]:
     """(rows, columns) per program: few large programs in the interpreter, row-wide ones on the GPU."""
     if interpreting():
         return 16, 32
-    return 4, min(1024, triton.next_power_of_2(ffn))
+    return 4, min(1024, next_power_of_2(ffn))
 
 
 def silu_glu_forward(ab: torch.Tensor) -> torch.Tensor:
     rows, ffn = ab.shape[0], ab.shape[1] // 2
     h = torch.empty(rows, ffn, device=ab.device, dtype=ab.dtype)
     block_m, block_f = _blocks(ffn)
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(ffn, block_f))
+    grid = (cdiv(rows, block_m), cdiv(ffn, block_f))
     _silu_glu_fwd_kernel[grid](ab, h, rows, ffn, ab.stride(0), h.stride(0), BLOCK_M=block_m, BLOCK_F=block_f)
     return h
 
@@ -69,7 +69,7 @@ def silu_glu_backward(ab: torch.Tensor, dh: torch.Tensor) -> torch.Tensor:
     rows, ffn = ab.shape[0], ab.shape[1] // 2
     dab = torch.empty_like(ab)
     block_m, block_f = _blocks(ffn)
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(ffn, block_f))
+    grid = (cdiv(rows, block_m), cdiv(ffn, block_f))
     _silu_glu_bwd_kernel[grid](ab, dh, dab, rows, ffn, ab.stride(0), dh.stride(0), BLOCK_M=block_m, BLOCK_F=block_f)
     return dab
 

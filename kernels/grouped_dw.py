@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .launching import quick_launch
-from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
+from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, next_power_of_2
 
 
 @quick_launch
@@ -68,7 +68,7 @@ def _configs() -> list[dict]:
 
 def rank_block(size: int) -> int:
     """A power of two covering `size`, at least 16 (`tl.dot`'s smallest operand dimension): a tile for a rank."""
-    return max(16, triton.next_power_of_2(size))
+    return max(16, next_power_of_2(size))
 
 
 def _narrowed(config: dict, n: int, k: int) -> dict:
@@ -96,7 +96,7 @@ def grouped_dw(
     unused = index.slot_rows
 
     def launch(cfg):
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(k, cfg["BLOCK_K"]), num_experts)
+        grid = (cdiv(n, cfg["BLOCK_N"]) * cdiv(k, cfg["BLOCK_K"]), num_experts)
         _grouped_dw_kernel[grid](
             x, dy, dw,
             x_rows if x_rows is not None else unused,
@@ -108,5 +108,5 @@ def grouped_dw(
             **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    launch_first_fitting("grouped_dw", x.dtype, [_narrowed(cfg, n, k) for cfg in _configs()], launch)
+    launch_first_fitting("grouped_dw", x.dtype, (_narrowed(cfg, n, k) for cfg in _configs()), launch)
     return dw

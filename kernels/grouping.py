@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from .launching import quick_launch
+from .schedule import cdiv
 
 
 @quick_launch
@@ -105,7 +106,7 @@ def group_slots(experts: torch.Tensor, num_experts: int) -> dict[str, torch.Tens
 def plan_tiles(expert_start: torch.Tensor, expert_end: torch.Tensor, num_rows: int, block_m: int):
     """`(row_start, row_end, expert)` int32 per tile, `ceil(num_rows / block_m) + E` tiles (a bound needing no sync)."""
     num_experts = expert_start.shape[0]
-    num_tiles = triton.cdiv(num_rows, block_m) + num_experts
+    num_tiles = cdiv(num_rows, block_m) + num_experts
     row_start, row_end, expert = (
         torch.empty(num_tiles, dtype=torch.int32, device=expert_start.device) for _ in range(3)
     )

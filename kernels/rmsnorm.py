@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .launching import quick_launch
-from .schedule import interpreting
+from .schedule import cdiv, interpreting, next_power_of_2
 
 
 @quick_launch
@@ -59,7 +59,7 @@ class RMSNormFunction(torch.autograd.Function):
         rows, n = x2.shape
         y = torch.empty(rows, n, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
         rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
-        _rmsnorm_fwd_kernel[(rows,)](x2, weight, y, rstd, n, eps, BLOCK_N=triton.next_power_of_2(n))
+        _rmsnorm_fwd_kernel[(rows,)](x2, weight, y, rstd, n, eps, BLOCK_N=next_power_of_2(n))
         ctx.save_for_backward(x2, weight, rstd)
         ctx.shape = shape
         return y.view(*shape[:-1], n)
@@ -73,11 +73,11 @@ class RMSNormFunction(torch.autograd.Function):
         assert rows * n < 2**31, "row offsets are int32 in the backward kernel"
         sms = 1 if interpreting() else torch.cuda.get_device_properties(x2.device).multi_processor_count
         programs = min(rows, 4 * sms)
-        per_program = triton.cdiv(rows, programs)
-        programs = triton.cdiv(rows, per_program)
+        per_program = cdiv(rows, programs)
+        programs = cdiv(rows, per_program)
         partial = torch.empty(programs, n, device=x2.device, dtype=torch.float32)
         _rmsnorm_bwd_kernel[(programs,)](
-            x2, weight, dy, dx, rstd, partial, rows, n, per_program, BLOCK_N=triton.next_power_of_2(n)
+            x2, weight, dy, dx, rstd, partial, rows, n, per_program, BLOCK_N=next_power_of_2(n)
         )
         return dx.view(ctx.shape), partial.sum(0).to(weight.dtype), None
 

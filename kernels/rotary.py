@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .launching import quick_launch
-from .schedule import interpreting
+from .schedule import cdiv, interpreting
 
 
 @quick_launch
@@ -70,7 +70,7 @@ def _launch(x5: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, y5: torch.Te
     batch, h1, h2, length, dim = x5.shape
     cos, sin = cos.expand(batch, length, dim), sin.expand(batch, length, dim)  # tables of batch 1: stride 0
     block_l = 8 if interpreting() else 32
-    grid = (batch * h1 * h2, triton.cdiv(length, block_l))
+    grid = (batch * h1 * h2, cdiv(length, block_l))
     _rotary_kernel[grid](
         x5, cos, sin, y5, length, h1 * h2, h2, *x5.stride(), *y5.stride(), cos.stride(0), cos.stride(1),
         HALF=dim // 2, BACKWARD=backward, BLOCK_L=block_l,

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .grouped_dw import grouped_dw, rank_block
 from .launching import quick_launch
-from .schedule import RoutingIndex, dot_options, interpreting, launch_first_fitting
+from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting
 
 
 @triton.jit
@@ -221,7 +221,7 @@ def scatter_mm(
 
     def launch(cfg):
         plan = index.tiles(cfg["BLOCK_M"])
-        grid = (plan.num_tiles * triton.cdiv(n, cfg["BLOCK_N"]),)
+        grid = (plan.num_tiles * cdiv(n, cfg["BLOCK_N"]),)
         descriptor = _weight_descriptor(weight, transpose_weight, cfg)
         _scatter_mm_kernel[grid](
             x, weight, descriptor, y, ab,
@@ -235,7 +235,7 @@ def scatter_mm(
             SILU_GLU=silu_glu, KEEP_AB=keep_ab is not None, **low_rank_args, **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    configs = [_narrowed(_glu_tiles(cfg) if silu_glu else cfg, n) for cfg in _configs()]
+    configs = (_narrowed(_glu_tiles(cfg) if silu_glu else cfg, n) for cfg in _configs())  # built as tried
     launch_first_fitting("scatter_mm", x.dtype, configs, launch)
     return y
 

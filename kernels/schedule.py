@@ -28,10 +28,21 @@ def dot_options(dtype: torch.dtype) -> dict:
     return dict(PRECISION="ieee" if dtype == torch.float32 else "tf32", DOT_FP32=interpreting())
 
 
+def cdiv(a: int, b: int) -> int:
+    """`ceil(a / b)` on the host. Triton's `triton.cdiv` is a constexpr function: called from Python it goes through
+    Triton's wrapper, ~5 us a call, and a layer's launches make dozens of such calls."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= `n` (n >= 1), on the host: `triton.next_power_of_2` without its wrapper."""
+    return 1 << (n - 1).bit_length()
+
+
 _DOES_NOT_FIT: set = set()
 
 
-def launch_first_fitting(name: str, dtype: torch.dtype, configs: list[dict], launch) -> None:
+def launch_first_fitting(name: str, dtype: torch.dtype, configs, launch) -> None:
     """`launch(config)` with the first config whose tiles fit in the GPU's shared memory.
 
     The tuned H100 tiles need about 192 KB at 16 bits: float32, or a GPU with less shared memory, falls back to

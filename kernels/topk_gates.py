@@ -18,7 +18,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from .launching import quick_launch
-from .schedule import interpreting
+from .schedule import cdiv, interpreting, next_power_of_2
 
 BLOCK_T = 64  # tokens per program
 
@@ -90,8 +90,8 @@ def _top_k_gates_bwd_kernel(
 
 
 def _sizes(num_experts: int, top_k: int) -> dict:
-    return dict(NUM_EXPERTS=num_experts, TOP_K=top_k, E_PAD=triton.next_power_of_2(num_experts),
-                K_PAD=triton.next_power_of_2(top_k), BLOCK_T=BLOCK_T, LIBDEVICE_EXP=not interpreting())  # fmt: skip
+    return dict(NUM_EXPERTS=num_experts, TOP_K=top_k, E_PAD=next_power_of_2(num_experts),
+                K_PAD=next_power_of_2(top_k), BLOCK_T=BLOCK_T, LIBDEVICE_EXP=not interpreting())  # fmt: skip
 
 
 class TopKGates(torch.autograd.Function):
@@ -101,7 +101,7 @@ class TopKGates(torch.autograd.Function):
         num_tokens, num_experts = logits.shape
         gates = torch.empty(num_tokens, top_k, device=logits.device, dtype=gate_dtype)
         experts = torch.empty(num_tokens, top_k, device=logits.device, dtype=torch.long)
-        grid = (triton.cdiv(num_tokens, BLOCK_T),)
+        grid = (cdiv(num_tokens, BLOCK_T),)
         _top_k_gates_fwd_kernel[grid](logits, gates, experts, num_tokens, **_sizes(num_experts, top_k))
         ctx.save_for_backward(logits, experts)
         ctx.mark_non_differentiable(experts)
@@ -112,7 +112,7 @@ class TopKGates(torch.autograd.Function):
         logits, experts = ctx.saved_tensors
         num_tokens, num_experts = logits.shape
         d_logits = torch.empty_like(logits)
-        grid = (triton.cdiv(num_tokens, BLOCK_T),)
+        grid = (cdiv(num_tokens, BLOCK_T),)
         _top_k_gates_bwd_kernel[grid](
             logits, experts, d_gates.contiguous(), d_logits, num_tokens, **_sizes(num_experts, experts.shape[1])
         )

@@ -43,3 +43,16 @@ def test_tiles_too_big_for_shared_memory_fall_back_once():
     for _ in range(2):
         launch_first_fitting("test_kernel", torch.float32, [big, small], launch)
     assert tried == [1, 2, 2]  # the misfit is tried once, then skipped
+
+
+def test_host_integer_helpers_match_tritons():
+    """The launches' grid and tile sizes use plain-Python twins of `triton.cdiv` and `triton.next_power_of_2`."""
+    import triton
+
+    from jetmoe_kernels.schedule import cdiv, next_power_of_2
+
+    for a in [1, 2, 3, 15, 16, 17, 63, 64, 65, 1000, 2**31 + 3]:
+        assert next_power_of_2(a) == triton.next_power_of_2(a), a
+    for a in [0, 1, 15, 16, 17, 1000, 2**31 + 3]:
+        for b in [1, 2, 16, 64, 128, 256, 1024]:
+            assert cdiv(a, b) == triton.cdiv(a, b), (a, b)
