@@ -17,12 +17,13 @@ OWN_PREPARED_DIR = None
 if "JETMOE_ALIGN_PREPARED_DIR" not in os.environ:
     OWN_PREPARED_DIR = os.environ["JETMOE_ALIGN_PREPARED_DIR"] = tempfile.mkdtemp(prefix="jetmoe-align-prepared-")
 
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
 
 def pytest_sessionfinish(session, exitstatus):
     if OWN_PREPARED_DIR is not None:
         shutil.rmtree(OWN_PREPARED_DIR, ignore_errors=True)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY_SHAPES = {
     # name: JetMoE config overrides (several shapes, so head/expert bookkeeping is checked beyond one case)
