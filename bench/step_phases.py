@@ -98,8 +98,8 @@ def attach_phase_timer(trainer) -> PhaseTimer:
 
 
 class StackSampler(TrainerCallback):
-    """Where the host's Python time goes over `steps` steps after `first`: the main thread's stack sampled every
-    half millisecond from a second thread (no tracing overhead on the sampled code, unlike cProfile), counted per
+    """Where the host's Python time goes over `steps` steps after `first`: every thread's stack sampled every
+    half millisecond from another thread (no tracing overhead on the sampled code, unlike cProfile), counted per
     function, as the innermost frame (self) and anywhere on the stack (inclusive)."""
 
     def __init__(self, path: str, first: int, steps: int):
@@ -107,23 +107,30 @@ class StackSampler(TrainerCallback):
         self.self_counts, self.inclusive, self.samples, self.running = {}, {}, 0, False
 
     def _sample(self, main_id: int) -> None:
+        own_id = threading.get_ident()
         while self.running:
-            frame = sys._current_frames().get(main_id)
-            seen = set()
-            innermost = True
-            while frame is not None:
-                code = frame.f_code
-                name = f"{code.co_filename.split('site-packages/')[-1]}:{code.co_firstlineno}({code.co_name})"
-                if innermost:  # by line: which call of the function the time is in
-                    line = f"{name.split('(')[0].rsplit(':', 1)[0]}:{frame.f_lineno}({code.co_name})"
-                    self.self_counts[line] = self.self_counts.get(line, 0) + 1
-                    innermost = False
-                if name not in seen:
-                    seen.add(name)
-                    self.inclusive[name] = self.inclusive.get(name, 0) + 1
-                frame = frame.f_back
+            for thread_id, frame in sys._current_frames().items():
+                if thread_id != own_id:
+                    self._count(frame, "" if thread_id == main_id else "[other thread] ")
             self.samples += 1
             time.sleep(0.0005)
+
+    def _count(self, frame, label: str) -> None:
+        """One sample of one thread's stack. Backward's Python (custom autograd functions, hooks) runs on autograd's
+        device thread, not the main one, hence every thread, the others' frames labelled."""
+        seen = set()
+        innermost = True
+        while frame is not None:
+            code = frame.f_code
+            name = f"{label}{code.co_filename.split('site-packages/')[-1]}:{code.co_firstlineno}({code.co_name})"
+            if innermost:  # by line: which call of the function the time is in
+                line = f"{name.split('(')[0].rsplit(':', 1)[0]}:{frame.f_lineno}({code.co_name})"
+                self.self_counts[line] = self.self_counts.get(line, 0) + 1
+                innermost = False
+            if name not in seen:
+                seen.add(name)
+                self.inclusive[name] = self.inclusive.get(name, 0) + 1
+            frame = frame.f_back
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == self.first and not self.running:
@@ -137,9 +144,9 @@ class StackSampler(TrainerCallback):
             self.running = False
             self.thread.join()
             lines = [f"{self.samples} samples over {self.steps} steps", "", "self:"]
-            for name, count in sorted(self.self_counts.items(), key=lambda item: -item[1])[:45]:
+            for name, count in sorted(self.self_counts.items(), key=lambda item: -item[1])[:60]:
                 lines.append(f"{100 * count / self.samples:6.1f}%  {name}")
             lines += ["", "inclusive:"]
-            for name, count in sorted(self.inclusive.items(), key=lambda item: -item[1])[:90]:
+            for name, count in sorted(self.inclusive.items(), key=lambda item: -item[1])[:120]:
                 lines.append(f"{100 * count / self.samples:6.1f}%  {name}")
             Path(self.path).write_text("\n".join(lines), encoding="utf-8")
