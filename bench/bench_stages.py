@@ -158,16 +158,19 @@ def model_flops(config, lengths: list[int], forwards: int) -> float:
 
 
 class CountingCollator:
-    """Wraps a trainer's data collator; notes each batch's (real, processed) tokens and its sequences' lengths in the
-    batch itself (`COUNTS`), computed where the batch is collated, in a data loader worker with
-    `dataloader_num_workers`; `attach_measuring` takes them out again as the trainer consumes the batch."""
+    """Wraps a trainer's data collator; notes each batch's (real, processed) tokens, its sequences' lengths and the
+    seconds its collation took (ours plans the batch's layout there) in the batch itself (`COUNTS`), computed where
+    the batch is collated, in a data loader worker with `dataloader_num_workers`; `attach_measuring` takes them out
+    again as the trainer consumes the batch."""
 
     def __init__(self, collator, pad_token_id: int, unpadding_model: bool):
         self.collator, self.pad_token_id, self.unpadding_model = collator, pad_token_id, unpadding_model
 
     def __call__(self, examples):
+        started = time.perf_counter()
         batch = self.collator(examples)
-        counts = (*count_tokens(batch, self.pad_token_id, self.unpadding_model), sequence_lengths(batch))
+        collate_s = time.perf_counter() - started
+        counts = (*count_tokens(batch, self.pad_token_id, self.unpadding_model), sequence_lengths(batch), collate_s)
         return {**batch, COUNTS: counts}
 
 
@@ -186,7 +189,7 @@ class StepRecorder(TrainerCallback):
     the trainer takes each in. Batches taken in before training (DPO's precomputed reference pass) are dropped."""
 
     def __init__(self):
-        self.batches: list[tuple[int, int, list[int]]] = []  # each consumed batch's counts, in order
+        self.batches: list[tuple[int, int, list[int], float]] = []  # each consumed batch's counts, in order
         self.start, self.ends, self.peak_gib, self.log_history, self.model_config = None, [], None, [], None
         self.reference_pass = None  # DPO's precomputed reference pass: its seconds and sequences
         self._marks = []
@@ -232,7 +235,7 @@ class StepProfiler(TrainerCallback):
     """`torch.profiler` over `steps` optimizer steps from `first`: where their host and GPU time go, as two tables
     (ops by host time, by GPU time), the GPU's busy share of the wall time and the kernel launches, host syncs and
     copies a step, written to `path`; then cProfile over the following steps to the end of training (the Python
-    functions behind the host time), written beside it."""
+    functions behind the host time), written beside it, as tables and as `pstats` data."""
 
     def __init__(self, path: str, first: int, steps: int):
         self.path, self.first, self.steps, self.profiler, self.began = path, first, steps, None, None
@@ -275,6 +278,7 @@ class StepProfiler(TrainerCallback):
         stats.sort_stats("tottime").print_stats(45)
         stats.sort_stats("cumulative").print_stats(60)
         Path(self.path.replace(".txt", "_python.txt")).write_text(text.getvalue(), encoding="utf-8")
+        self.host_profile.dump_stats(self.path.replace(".txt", ".pstats"))  # for `pstats` by caller, callee
 
 
 def attach_measuring(trainer, pad_token_id: int, profile: str | None = None, first_profiled: int = 0,
@@ -298,15 +302,15 @@ def attach_measuring(trainer, pad_token_id: int, profile: str | None = None, fir
 
 def step_records(recorder: StepRecorder, accumulation: int, config=None, forwards: int = 0) -> list[dict]:
     """One record per optimizer step: its seconds, the real and processed tokens of its micro-batches, their model
-    FLOPs (with the model's `config`), its loss."""
+    FLOPs (with the model's `config`), their collation's seconds, its loss."""
     losses = {entry["step"]: entry["loss"] for entry in recorder.log_history if "loss" in entry}
     starts = [recorder.start] + recorder.ends[:-1]
     records = []
     for index, (start, end) in enumerate(zip(starts, recorder.ends)):
         batches = recorder.batches[index * accumulation:(index + 1) * accumulation]
-        flops = sum(model_flops(config, lengths, forwards) for _, _, lengths in batches) if config else None
+        flops = sum(model_flops(config, b[2], forwards) for b in batches) if config else None
         records.append({"step": index + 1, "seconds": end - start, "real_tokens": sum(b[0] for b in batches),
-                        "sequences": sum(len(lengths) for _, _, lengths in batches),
+                        "sequences": sum(len(b[2]) for b in batches), "collate_s": sum(b[3] for b in batches),
                         "processed_tokens": sum(b[1] for b in batches), "model_flops": flops,
                         "loss": losses.get(index + 1)})  # fmt: skip
     return records
@@ -336,6 +340,7 @@ def summarise(steps: list[dict], warmup: int, reference_s_per_sequence: float = 
         "median_step_s": median,
         "worst_step_s": max(times),
         "worst_over_median": max(times) / median,
+        "median_collate_ms": 1e3 * statistics.median(step["collate_s"] for step in timed),
     }
 
 
@@ -619,10 +624,10 @@ def ratio(results: list[dict]) -> float | None:
 
 def table(results: list[dict], stage: str, mode: str) -> str:
     rows = ["| side | stage | mode | micro-batch | real tok/s | model TFLOP/s | MFU % | processed tok/s | padding % | "
-            "median step s | worst step s | worst/median | peak GiB |", "|---" * 13 + "|"]
+            "median step s | worst step s | worst/median | peak GiB | collate ms |", "|---" * 14 + "|"]
     for result in results:
         if "error" in result:
-            rows.append(f"| {result['side']} | {stage} | {mode} | - | {result['error']} | | | | | | | | |")
+            rows.append(f"| {result['side']} | {stage} | {mode} | - | {result['error']} | | | | | | | | | |")
             continue
         peak = "-" if result["peak_gib"] is None else f"{result['peak_gib']:.1f}"
         tflops = "-" if result.get("model_tflops_per_s") is None else f"{result['model_tflops_per_s']:.1f}"
@@ -631,12 +636,12 @@ def table(results: list[dict], stage: str, mode: str) -> str:
             f"| {result['side']} | {stage} | {mode} | {result['micro_batch']} | {result['real_tokens_per_s']:,.0f} | "
             f"{tflops} | {mfu} | {result['processed_tokens_per_s']:,.0f} | {100 * result['padding_fraction']:.1f} | "
             f"{result['median_step_s']:.3f} | {result['worst_step_s']:.3f} | {result['worst_over_median']:.2f} | "
-            f"{peak} |")  # fmt: skip
+            f"{peak} | {result['median_collate_ms']:.1f} |")  # fmt: skip
     stock = next((r["real_tokens_per_s"] for r in results if r["side"] == "stock" and "error" not in r), None)
     for result in results:
         if stock and result["side"] != "stock" and "error" not in result:
             speed = result["real_tokens_per_s"] / stock
-            rows.append(f"| {result['side']} / stock | {stage} | {mode} | | **{speed:.2f}x** | | | | | | | | |")
+            rows.append(f"| {result['side']} / stock | {stage} | {mode} | | **{speed:.2f}x** | | | | | | | | | |")
     return "\n".join(rows)
 
 

@@ -83,10 +83,10 @@ def test_token_counts_of_padded_padding_free_and_preference_batches():
 
 
 def test_summary_leaves_out_warm_up_and_ratio_compares_real_tokens():
-    steps = [{"seconds": 9.0, "real_tokens": 10, "processed_tokens": 20, "sequences": 2},
-             {"seconds": 1.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4},
-             {"seconds": 3.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4},
-             {"seconds": 2.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4}]  # fmt: skip
+    steps = [{"seconds": 9.0, "real_tokens": 10, "processed_tokens": 20, "sequences": 2, "collate_s": 0.5},
+             {"seconds": 1.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4, "collate_s": 0.001},
+             {"seconds": 3.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4, "collate_s": 0.004},
+             {"seconds": 2.0, "real_tokens": 60, "processed_tokens": 80, "sequences": 4, "collate_s": 0.002}]  # fmt: skip
     summary = bench_stages.summarise(steps, warmup=1)
     assert summary["timed_steps"] == 3
     assert summary["real_tokens_per_s"] == summary["steps_only_real_tokens_per_s"] == 180 / 6
@@ -95,6 +95,7 @@ def test_summary_leaves_out_warm_up_and_ratio_compares_real_tokens():
     with_pass = bench_stages.summarise(steps, warmup=1, reference_s_per_sequence=0.5)
     assert with_pass["real_tokens_per_s"] == 180 / 12 and with_pass["steps_only_real_tokens_per_s"] == 180 / 6
     assert (summary["median_step_s"], summary["worst_step_s"], summary["worst_over_median"]) == (2.0, 3.0, 1.5)
+    assert summary["median_collate_ms"] == 2.0
     assert bench_stages.ratio([{"side": "ours", "real_tokens_per_s": 30}, {"side": "stock", "real_tokens_per_s": 20}]) \
         == 1.5
     assert bench_stages.ratio([{"side": "ours", "real_tokens_per_s": 30}, {"side": "stock", "error": "oom"}]) is None
@@ -107,6 +108,7 @@ def check_side(result: dict, steps: int) -> None:
         assert 0 < step["real_tokens"] <= step["processed_tokens"]
         assert step["processed_tokens"] % result["micro_batch"] == 0  # padded: micro-batch x longest row
         assert step["seconds"] > 0 and step["loss"] is not None and step["model_flops"] > 0
+        assert 0 < step["collate_s"] < step["seconds"]
     assert 0 <= result["padding_fraction"] < 1
 
 
