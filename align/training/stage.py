@@ -29,6 +29,7 @@ from ..runs.run_lock import claimed_output_dir
 from ..runs.run_logging import MetricsToTrainLog, writes_train_log
 from ..runs.run_record import run_record
 from .distributed import prepare_for_sharding, refuse_fsdp2_evaluation
+from .host_threads import host_threads_for
 from .stage_engines import fresh_engine_state, release_engines
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,8 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     if resume_from:
         logger.info("%s: resuming from %s%s", recipe.stage, resume_from,
                     f", with changed settings (accepted): {describe(changes)}" if changes else "")
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    with host_threads_for(args.device):
+        result = trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, output_dir)
     eval_metrics = trainer.evaluate() if eval_dataset is not None else None
     if trainer.is_world_process_zero():
