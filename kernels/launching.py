@@ -33,7 +33,10 @@ class QuickLaunch:
     def __init__(self, kernel):
         self.kernel = kernel
         self.compiled = {}
-        if interpreting():  # Triton's interpreter decorates with an `InterpretedFunction`: launched as it is
+        # Triton's interpreter decorates with an `InterpretedFunction`, launched as it is. Decided once: reading the
+        # environment on each of a step's ~1,600 launches cost ~1 us each.
+        self.interpreted = interpreting()
+        if self.interpreted:
             return
         self.names = list(kernel.arg_names)
         self.name_set = frozenset(self.names)
@@ -44,7 +47,7 @@ class QuickLaunch:
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid, args: tuple, kwargs: dict):
-        if interpreting() or callable(grid):
+        if self.interpreted or callable(grid):
             return self.kernel[grid](*args, **kwargs)
         device = torch.cuda.current_device()
         key, values = self.key(args, kwargs, device)

@@ -198,6 +198,7 @@ def scatter_mm(
     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
     silu_glu: bool = False,
     keep_ab: torch.Tensor | None = None,
+    weight_by_tma: bool = True,
 ) -> torch.Tensor:
     """Launch the kernel. `in_rows`/`out_rows` None mean grouped order.
 
@@ -207,6 +208,9 @@ def scatter_mm(
     `weight` with R for its input dimension (`[E, N, R]`, or `[E, R, N]` with `transpose_weight`).
     With `silu_glu`, the result is `silu(a) * b` for `[a, b]` the two halves of `W[e] x` (`[T*k, N/2]`), computed
     in the epilogue; `keep_ab` `[T*k, N]`, if given, also receives `[a, b]` (what the GLU's backward reads).
+    `weight_by_tma` False reads the weight by pointers even where TMA could: LoRA's rank-r matmuls, whose weight
+    tiles are a few KB (the gathered rows dominate their reads), while each launch with a TMA descriptor costs the host
+    Triton's per-argument Python and a descriptor fill (about half of a LoRA DPO step's TMA launches).
     """
     n, k, stride_we, stride_wn, stride_wk = _oriented(weight, transpose_weight)
     assert x.shape[1] == k, (x.shape, weight.shape, transpose_weight)
@@ -222,7 +226,7 @@ def scatter_mm(
     def launch(cfg):
         plan = index.tiles(cfg["BLOCK_M"])
         grid = (plan.num_tiles * cdiv(n, cfg["BLOCK_N"]),)
-        descriptor = _weight_descriptor(weight, transpose_weight, cfg)
+        descriptor = _weight_descriptor(weight, transpose_weight, cfg) if weight_by_tma else None
         _scatter_mm_kernel[grid](
             x, weight, descriptor, y, ab,
             in_rows if in_rows is not None else index.slot_rows,
@@ -280,13 +284,15 @@ def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return dx_slots.view(num_tokens, top_k, -1).sum(1)  # PyTorch sums 16-bit floats in float32
 
 
-def input_grad(dy, weight, index: RoutingIndex, dy_rows, in_rows, num_rows: int, low_rank=None) -> torch.Tensor:
+def input_grad(dy, weight, index: RoutingIndex, dy_rows, in_rows, num_rows: int, low_rank=None,
+               weight_by_tma: bool = True) -> torch.Tensor:  # fmt: skip
     """`dx = dy W[e]` (plus the `low_rank` term) back in the rows the input was read from."""
     # Token rows are read k times: write per-slot gradients, then sum them per token.
     token_input = in_rows is index.token_rows
     dx_rows = index.slot_rows if token_input else in_rows
     num_slots = index.slot_rows.shape[0]
-    dx = scatter_mm(dy, weight, index, dy_rows, dx_rows, num_slots, transpose_weight=True, low_rank=low_rank)
+    dx = scatter_mm(dy, weight, index, dy_rows, dx_rows, num_slots, transpose_weight=True, low_rank=low_rank,
+                    weight_by_tma=weight_by_tma)  # fmt: skip
     return reduce_token_slots(dx, num_rows) if token_input else dx
 
 
@@ -299,7 +305,8 @@ def lora_prologue(x, x_lora, lora_A, lora_B, scaling: float, index: RoutingIndex
     if lora_A is None:
         return None
     lora_A, lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype, memory_format=torch.contiguous_format)
-    rows = scatter_mm(x_lora, lora_A, index, in_rows, None, index.slot_rows.shape[0], scale=scaling)
+    rows = scatter_mm(x_lora, lora_A, index, in_rows, None, index.slot_rows.shape[0], scale=scaling,
+                      weight_by_tma=False)  # fmt: skip
     return rows, lora_A, lora_B
 
 
@@ -327,13 +334,14 @@ def matmul_grads(ctx, saved: tuple, dy: torch.Tensor, dy_rows, needs) -> tuple:
     num_slots = index.slot_rows.shape[0]
     d_rows = None
     if lora_A is not None and (want_dx or want_dx_lora or want_da):
-        d_rows = scatter_mm(dy, kernel_B, index, dy_rows, None, num_slots, transpose_weight=True, scale=ctx.scaling)
+        d_rows = scatter_mm(dy, kernel_B, index, dy_rows, None, num_slots, transpose_weight=True, scale=ctx.scaling,
+                            weight_by_tma=False)  # fmt: skip
     fused = (d_rows, kernel_A) if d_rows is not None and ctx.lora_reads_x else None
     dx = input_grad(dy, weight, index, dy_rows, in_rows, x.shape[0], fused) if want_dx else None
     dw = weight_grad(x, dy, weight, index, in_rows, dy_rows) if want_dw else None
     dx_lora = None
     if want_dx_lora and not ctx.lora_reads_x:
-        dx_lora = input_grad(d_rows, kernel_A, index, None, in_rows, x_lora.shape[0])
+        dx_lora = input_grad(d_rows, kernel_A, index, None, in_rows, x_lora.shape[0], weight_by_tma=False)
     da = weight_grad(x_lora, d_rows, lora_A, index, in_rows, None) if want_da else None
     db = weight_grad(rows, dy, lora_B, index, None, dy_rows) if want_db else None
     return dx, dw, dx_lora, da, db

@@ -109,6 +109,26 @@ def test_fused_lora_with_dropout_reads_the_dropped_input_for_A_only(layout):
         assert_close(ours, oracle, torch.float32, name)
 
 
+def test_only_the_base_weight_is_read_by_tma(monkeypatch):
+    """LoRA's rank-r matmuls (`A x`, `dy B`, and with dropout `dl A`) read their small factors by pointers: a TMA
+    descriptor costs a launch host time it cannot win back there. The base weight keeps TMA (forward and dx)."""
+    from jetmoe_kernels import scatter_matmul
+
+    described = []
+    describe = scatter_matmul._weight_descriptor
+
+    def spy(weight, transpose_weight, cfg):
+        described.append(tuple(weight.shape))
+        return describe(weight, transpose_weight, cfg)
+
+    monkeypatch.setattr(scatter_matmul, "_weight_descriptor", spy)
+    mask = (torch.rand(T, K_IN, generator=torch.Generator().manual_seed(5)) > 0.3).to(DEVICE)
+    for name, ours, oracle in fused_vs_oracle(MODEL_LAYOUTS[0], "random", torch.float32, 16,
+                                              lora_input=lambda x: x * mask / 0.7):  # fmt: skip
+        assert_close(ours, oracle, torch.float32, name)
+    assert described and set(described) == {(E, N_OUT, K_IN)}
+
+
 def test_fused_lora_top1_all_tokens_on_one_expert():
     """Top-1, every token on expert 2: the other experts' LoRA factors get exactly zero gradient."""
     results = fused_vs_oracle(MODEL_LAYOUTS[1], "one_expert", torch.float32, 8, top_k=1)
