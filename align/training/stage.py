@@ -97,7 +97,7 @@ def _run_stage(recipe: Recipe, make_trainer: TrainerFactory, resume: bool, requi
     if resume_from:
         logger.info("%s: resuming from %s%s", recipe.stage, resume_from,
                     f", with changed settings (accepted): {describe(changes)}" if changes else "")
-    with host_threads_for(args.device):
+    with host_threads_for(args):
         result = trainer.train(resume_from_checkpoint=resume_from)
     save_final_model(trainer, output_dir)
     eval_metrics = trainer.evaluate() if eval_dataset is not None else None
