@@ -66,7 +66,7 @@ def compiled_mode_without_gpu(tree: Path) -> None:
 def cases() -> dict:
     import torch
 
-    from jetmoe_kernels import grouped_dw, scatter_matmul
+    from jetmoe_kernels import grouped_dw, route, scatter_matmul
     from jetmoe_kernels.schedule import RoutingIndex, TilePlan
 
     rows = TOKENS * TOP_K
@@ -81,6 +81,12 @@ def cases() -> dict:
     w_in, w_out = torch.zeros(EXPERTS, 2 * FFN, HIDDEN, **bf16), torch.zeros(EXPERTS, HIDDEN, FFN, **bf16)
     lora_A, dy_grouped = torch.zeros(EXPERTS, RANK, HIDDEN, **bf16), torch.zeros(rows, HIDDEN, **bf16)
     mm = scatter_matmul.scatter_mm
+    logits = torch.zeros(TOKENS, EXPERTS, dtype=torch.float32)
+    lora_B = torch.zeros(EXPERTS, 2 * FFN, RANK, **bf16)  # in the activations' dtype: the prologue's casts are no-ops
+
+    def routing_and_tiles():  # one router's bookkeeping: gates, grouping, the tile plan its first matmul reads
+        return route(logits, TOP_K, torch.bfloat16, backend="triton")._triton_index.tiles(128)
+
     return {
         "MLP input matmul, forward": lambda: mm(x, w_in, index, index.token_rows, None, rows),
         "MLP input matmul + SiLU GLU": lambda: mm(x, w_in, index, index.token_rows, None, rows, silu_glu=True),
@@ -89,6 +95,9 @@ def cases() -> dict:
         "LoRA rank-r rows (A x)": lambda: mm(x, lora_A, index, index.token_rows, None, rows, scale=2.0),
         "MLP output weight gradient": lambda: grouped_dw.grouped_dw(hidden_rows[:, :FFN], dy_grouped, w_out.shape,
                                                                     torch.bfloat16, index, None, None),
+        "LoRA prologue (A x as the forward calls it)": lambda: scatter_matmul.lora_prologue(
+            x, x, lora_A, lora_B, 2.0, index, index.token_rows),
+        "Routing of one router (gates, grouping, tile plan)": routing_and_tiles,
     }  # fmt: skip
 
 

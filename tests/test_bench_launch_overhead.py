@@ -15,7 +15,8 @@ def test_every_case_is_timed_here_and_in_a_baseline_tree():
     rows = [line.strip("|").split("|") for line in table[2:]]
     assert [name.strip() for name, *_ in rows] == [
         "MLP input matmul, forward", "MLP input matmul + SiLU GLU", "MLP input matmul, input gradient",
-        "LoRA rank-r rows (A x)", "MLP output weight gradient",
+        "LoRA rank-r rows (A x)", "MLP output weight gradient", "LoRA prologue (A x as the forward calls it)",
+        "Routing of one router (gates, grouping, tile plan)",
     ]  # fmt: skip
     for _, here, there, ratio in rows:
         assert float(here) > 0 and float(there) > 0 and ratio.strip().endswith("x")
