@@ -33,7 +33,15 @@ class ClipInFusedAdamMixin:
         plain = self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU)
         if optimizer is None or not plain or self.accelerator.scaler is not None:
             return super()._clip_grad_norm(model)
-        grads = [param.grad for param in model.parameters() if param.grad is not None]
+        grads = [param.grad for param in self._parameters_to_clip(model) if param.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True)
         optimizer.grad_scale = ((norm.float() + EPS) / self.args.max_grad_norm).clamp(min=1.0)
         return norm
+
+    def _parameters_to_clip(self, model) -> list:
+        """`model`'s parameters, listed once: walking its modules for them every step took 1.5 ms on a CI core for
+        JetMoE-8B with LoRA (~1,600 modules), in a step whose host time paces the GPU."""
+        listed = getattr(self, "_listed_parameters", None)
+        if listed is None or listed[0] is not model:
+            listed = self._listed_parameters = (model, list(model.parameters()))
+        return listed[1]
