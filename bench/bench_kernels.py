@@ -179,6 +179,7 @@ def sweep(shape=SHAPE) -> str:
         saved = module._configs
         for cfg in candidates:
             module._configs = lambda cfg=cfg: [cfg]  # this config alone: no fallback hiding a misfit
+            module._candidates.cache_clear()  # the launches' tile candidates are made from `_configs`, once
             cells = []
             for fn, weight in cases.values():
                 try:
@@ -190,6 +191,7 @@ def sweep(shape=SHAPE) -> str:
             row = cells + blank if module is mm_module else blank + cells
             lines.append(f"| {module.__name__.split('.')[-1]} | {cfg} | " + " | ".join(row) + " |")
         module._configs = saved
+        module._candidates.cache_clear()
     return "\n".join(lines)
 
 

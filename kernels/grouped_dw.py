@@ -5,12 +5,15 @@ One program owns one `[BLOCK_N, BLOCK_K]` tile of one expert's gradient and walk
 of `scatter_matmul`; its autograd lives there.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .launching import quick_launch
-from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, next_power_of_2
+from .schedule import (RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, next_power_of_2,
+                       tile_candidates)  # fmt: skip
 
 
 @quick_launch
@@ -71,9 +74,14 @@ def rank_block(size: int) -> int:
     return max(16, next_power_of_2(size))
 
 
-def _narrowed(config: dict, n: int, k: int) -> dict:
-    """Tiles no larger than the gradient: LoRA's `[E, r, in]` and `[E, out, r]` have one side of only r."""
-    return dict(config, BLOCK_N=min(config["BLOCK_N"], rank_block(n)), BLOCK_K=min(config["BLOCK_K"], rank_block(k)))
+@functools.cache
+def _candidates(n_block: int, k_block: int, interpreter: bool) -> tuple:
+    """The tile configs for a gradient of `n_block` by `k_block` (powers of two), no larger than it: LoRA's
+    `[E, r, in]` and `[E, out, r]` have one side of only r. Cached by the interpreter setting too, which `_configs`
+    reads (`bench_kernels.py --sweep` clears it)."""
+    narrowed = (dict(cfg, BLOCK_N=min(cfg["BLOCK_N"], n_block), BLOCK_K=min(cfg["BLOCK_K"], k_block))
+                for cfg in _configs())  # fmt: skip
+    return tile_candidates(narrowed)
 
 
 def grouped_dw(
@@ -108,5 +116,5 @@ def grouped_dw(
             **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    launch_first_fitting("grouped_dw", x.dtype, (_narrowed(cfg, n, k) for cfg in _configs()), launch)
+    launch_first_fitting("grouped_dw", x.dtype, _candidates(rank_block(n), rank_block(k), interpreting()), launch)
     return dw

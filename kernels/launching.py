@@ -11,6 +11,8 @@ Triton's own `run` passes them; any other call (first of its kind, a callable gr
 keyed here, Triton's CPU interpreter) goes through `kernel[grid](...)` as before.
 """
 
+import inspect
+
 import torch
 
 from .schedule import interpreting
@@ -36,12 +38,8 @@ class QuickLaunch:
         # Triton's interpreter decorates with an `InterpretedFunction`, launched as it is. Decided once: reading the
         # environment on each of a step's ~1,600 launches cost ~1 us each.
         self.interpreted = interpreting()
-        if self.interpreted:
-            return
-        self.names = list(kernel.arg_names)
-        self.name_set = frozenset(self.names)
-        self.kinds = [_CONSTEXPR if param.is_constexpr else _UNSPECIALISED if param.do_not_specialize else _VALUE
-                      for param in kernel.params]  # fmt: skip
+        if not self.interpreted:
+            self.bind = _binder(kernel)
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
@@ -63,42 +61,74 @@ class QuickLaunch:
         stream = _current_stream(device)
         hooks = _DRIVER["knobs"].runtime
         grid = (*grid, 1, 1)
-        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
-                     compiled.launch_metadata(grid[:3], stream, *values), hooks.launch_enter_hook,
-                     hooks.launch_exit_hook, *values)  # fmt: skip
+        # Triton's own launch asks for launch metadata only for its launch hook (it returns None without one).
+        metadata = None if hooks.launch_enter_hook is None else compiled.launch_metadata(grid[:3], stream, *values)
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, metadata,
+                     hooks.launch_enter_hook, hooks.launch_exit_hook, *values)  # fmt: skip
         return compiled
 
-    def key(self, args: tuple, kwargs: dict, device: int) -> tuple[tuple | None, list]:
-        """The call's key and its argument values in the kernel's order; key None where it cannot be keyed.
-
-        Runs on every launch (~1,300 a DPO step), hence one pass over the arguments and exact-type dispatch."""
-        values = list(args)
+    def key(self, args: tuple, kwargs: dict, device: int) -> tuple[tuple | None, tuple]:
+        """The call's key and its argument values in the kernel's order; key None where it cannot be keyed
+        (a missing or unknown argument, or one of a kind the key does not know: Triton's own call then decides)."""
         try:
-            values += [kwargs[name] for name in self.names[len(args):]]
-        except KeyError:  # a missing argument: Triton's own call reports it
-            return None, values
-        options = tuple(sorted((name, kwargs[name]) for name in kwargs.keys() - self.name_set))
-        parts = [device, options]
-        append = parts.append
-        for value, kind in zip(values, self.kinds):
-            value_type = type(value)
-            if kind is _CONSTEXPR or value is None or value_type is bool:
-                append(value)
-            elif value_type is torch.Tensor or value_type is torch.nn.Parameter:
-                append((value.dtype, value.data_ptr() % 16 == 0))
-            elif value_type is int:
-                append(("int32" if -(2**31) <= value < 2**31 else "int64") if kind is _UNSPECIALISED else value)
-            elif value_type is float:
-                append(float)
-            elif value_type.__name__ == "TensorDescriptor":  # the host TMA descriptor: tensor, shape, strides, tiles
-                append((value.base.dtype, value.base.data_ptr() % 16 == 0, tuple(value.shape), tuple(value.strides),
-                        tuple(value.block_shape), getattr(value, "padding", None)))  # fmt: skip
-            else:
-                return None, values
-        return tuple(parts), values
+            return self.bind(device, *args, **kwargs)
+        except (TypeError, _Unkeyable):
+            return None, args
 
 
-_CONSTEXPR, _UNSPECIALISED, _VALUE = "constexpr", "unspecialised", "value"
+class _Unkeyable(Exception):
+    """An argument of a kind the key does not know."""
+
+
+def _keyed(value, unspecialised: bool):
+    """What Triton specialises on in one argument that is not a constexpr, taken finer than Triton takes it: a
+    tensor's dtype and 16-byte alignment, an integer's exact value (do-not-specialise ones: whether it fits 32 bits),
+    a host TMA descriptor's tensor, shape, strides and tiles."""
+    value_type = type(value)
+    if value is None or value_type is bool:
+        return value
+    if value_type is torch.Tensor or value_type is torch.nn.Parameter:
+        return value.dtype, value.data_ptr() % 16 == 0
+    if value_type is int:
+        return ("int32" if -(2**31) <= value < 2**31 else "int64") if unspecialised else value
+    if value_type is float:
+        return float
+    if value_type.__name__ == "TensorDescriptor":  # the host TMA descriptor: tensor, shape, strides, tiles
+        return (value.base.dtype, value.base.data_ptr() % 16 == 0, tuple(value.shape), tuple(value.strides),
+                tuple(value.block_shape), getattr(value, "padding", None))  # fmt: skip
+    raise _Unkeyable
+
+
+def _binder(kernel):
+    """`bind(device, *args, **kwargs) -> (key, values)` for `kernel`, generated from its parameters.
+
+    Runs on every launch (~1,600 a LoRA DPO step, ~45 arguments for the expert matmul), so the work is done where
+    Python is fastest: the arguments are bound to the kernel's parameters by a `def` with its signature, and the key
+    is one tuple display. Tensors and integers, most of the arguments, are keyed inline; the rest by `_keyed`.
+    Launch options (`num_warps`, ...) are the keyword arguments that are not parameters.
+    """
+    names, fields, defaults = [], [], {}
+    for param in kernel.params:
+        name = param.name
+        names.append(name)
+        if param.default is not inspect.Parameter.empty:
+            defaults[name] = param.default
+        if param.is_constexpr:
+            fields.append(name)
+        elif param.do_not_specialize:
+            fields.append(f"_keyed({name}, True)")
+        else:
+            fields.append(f"(({name}.dtype, {name}.data_ptr() % 16 == 0) if type({name}) is _Tensor else "
+                          f"{name} if type({name}) is int else _keyed({name}, False))")  # fmt: skip
+    signature = ", ".join(f"{name}=_defaults[{name!r}]" if name in defaults else name for name in names)
+    source = (
+        f"def bind(_device, {signature}, **_options):\n"
+        f"    _key = (_device, tuple(sorted(_options.items())) if _options else (), {', '.join(fields)},)\n"
+        f"    return _key, ({', '.join(names)},)\n"
+    )
+    scope = {"_Tensor": torch.Tensor, "_keyed": _keyed, "_defaults": defaults}
+    exec(compile(source, f"<quick launch key of {kernel.fn.__name__}>", "exec"), scope)
+    return scope["bind"]
 
 
 def quick_launch(kernel) -> QuickLaunch:

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .grouped_dw import grouped_dw, rank_block
 from .launching import quick_launch
-from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting
+from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, tile_candidates
 
 
 @triton.jit
@@ -167,14 +167,14 @@ def _weight_descriptor(weight: torch.Tensor, transpose_weight: bool, cfg: dict):
     return TensorDescriptor.from_tensor(weight, [1, *inner])
 
 
-def _glu_tiles(config: dict) -> dict:
-    """With the fused GLU a program holds two accumulators (a and b): half as many columns each, same registers."""
-    return dict(config, BLOCK_N=max(16, config["BLOCK_N"] // 2))
-
-
-def _narrowed(config: dict, n: int) -> dict:
-    """Output tiles no wider than the output: the rank-r matmuls have N = r, far below the tuned 256 columns."""
-    return dict(config, BLOCK_N=min(config["BLOCK_N"], rank_block(n)))
+@functools.cache
+def _candidates(silu_glu: bool, n_block: int, interpreter: bool) -> tuple:
+    """The tile configs for an output `n_block` wide (a power of two covering it), as `launch_first_fitting` tries
+    them. Output tiles are no wider than the output: the rank-r matmuls have N = r, far below the tuned 256 columns.
+    With the fused GLU a program holds two accumulators (a and b): half as many columns each, same registers.
+    Cached by the interpreter setting too, which `_configs` reads (`bench_kernels.py --sweep` clears it)."""
+    glu = (dict(cfg, BLOCK_N=max(16, cfg["BLOCK_N"] // 2)) if silu_glu else cfg for cfg in _configs())
+    return tile_candidates(dict(cfg, BLOCK_N=min(cfg["BLOCK_N"], n_block)) for cfg in glu)
 
 
 def _oriented(weight: torch.Tensor, transpose: bool) -> tuple[int, int, int, int, int]:
@@ -239,8 +239,7 @@ def scatter_mm(
             SILU_GLU=silu_glu, KEEP_AB=keep_ab is not None, **low_rank_args, **dot_options(x.dtype), **cfg,
         )  # fmt: skip
 
-    configs = (_narrowed(_glu_tiles(cfg) if silu_glu else cfg, n) for cfg in _configs())  # built as tried
-    launch_first_fitting("scatter_mm", x.dtype, configs, launch)
+    launch_first_fitting("scatter_mm", x.dtype, _candidates(silu_glu, rank_block(n), interpreting()), launch)
     return y
 
 

@@ -5,6 +5,7 @@ is cut into `ceil(count / block_m)` tiles. Their number depends on the routing, 
 read it back, we launch the upper bound `ceil(T*k / block_m) + E` and give the spare programs an empty row range.
 """
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -13,8 +14,14 @@ import torch
 from .routing import Routing
 
 
+@functools.cache
 def interpreting() -> bool:
-    """Triton's CPU interpreter (how CI runs the kernels): tiny tiles keep it fast."""
+    """Triton's CPU interpreter (how CI runs the kernels): tiny tiles keep it fast.
+
+    Read once, as Triton reads it once per kernel (when the kernel is decorated): a step asks ~1,900 times, and each
+    read of the environment cost 1-2.5 us. Whatever caches a choice made from it is keyed by it too, so that clearing
+    this cache (`tests/kernel_cases.py`, where a test changes `TRITON_INTERPRET`) is enough.
+    """
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -25,7 +32,12 @@ def dot_options(dtype: torch.dtype) -> dict:
     interpreter (3.9) computes 16-bit-float dots wrongly (numpy has no bfloat16), so there the operands are
     upcast first: products of 16-bit floats are exact in float32, so the result is what the GPU computes.
     """
-    return dict(PRECISION="ieee" if dtype == torch.float32 else "tf32", DOT_FP32=interpreting())
+    return _dot_options(dtype, interpreting())
+
+
+@functools.cache
+def _dot_options(dtype: torch.dtype, interpreter: bool) -> dict:
+    return dict(PRECISION="ieee" if dtype == torch.float32 else "tf32", DOT_FP32=interpreter)  # never mutated
 
 
 def cdiv(a: int, b: int) -> int:
@@ -42,23 +54,34 @@ def next_power_of_2(n: int) -> int:
 _DOES_NOT_FIT: set = set()
 
 
-def launch_first_fitting(name: str, dtype: torch.dtype, configs, launch) -> None:
+def tile_candidates(configs) -> tuple:
+    """`(key, config)` for each tile config, in order: what `launch_first_fitting` tries. Made once per kind of call
+    (the callers cache them), so that a launch does not sort a config's items to look it up."""
+    return tuple((tuple(sorted(config.items())), config) for config in configs)
+
+
+def launch_first_fitting(name: str, dtype: torch.dtype, candidates: tuple, launch) -> None:
     """`launch(config)` with the first config whose tiles fit in the GPU's shared memory.
 
     The tuned H100 tiles need about 192 KB at 16 bits: float32, or a GPU with less shared memory, falls back to
     the smaller ones. A config that did not fit is remembered per kernel and dtype, so the retry happens once.
+    `candidates` come from `tile_candidates`.
     """
-    from triton.runtime.errors import OutOfResources
-
-    for config in configs:
-        key = (name, dtype, tuple(sorted(config.items())))
-        if key in _DOES_NOT_FIT:
+    for key, config in candidates:
+        if _DOES_NOT_FIT and (name, dtype, key) in _DOES_NOT_FIT:
             continue
         try:
             return launch(config)
-        except OutOfResources:
-            _DOES_NOT_FIT.add(key)
+        except _out_of_resources():
+            _DOES_NOT_FIT.add((name, dtype, key))
     raise RuntimeError(f"{name}: no tile configuration fits in this GPU's shared memory")
+
+
+@functools.cache
+def _out_of_resources() -> type:
+    from triton.runtime.errors import OutOfResources  # Triton loads only where its kernels run
+
+    return OutOfResources
 
 
 @dataclass

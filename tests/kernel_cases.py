@@ -15,6 +15,9 @@ import torch
 
 def _use_triton_interpreter() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
+    schedule = sys.modules.get("jetmoe_kernels.schedule")
+    if schedule is not None:  # our host code reads the variable once: read it again
+        schedule.interpreting.cache_clear()
     language = sys.modules.get("triton.language")
     if language is None:
         return  # Triton not loaded yet: it will read the variable when it is

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jetmoe_kernels import launching
 from jetmoe_kernels.launching import QuickLaunch
 
 
@@ -17,7 +18,7 @@ def _kernel(X, Y, n, m, scale, BLOCK: tl.constexpr):
 
 def quick(monkeypatch) -> QuickLaunch:
     """A `QuickLaunch` of a compiled-mode `@triton.jit` kernel (`m` not specialised), interpreter or not."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(launching, "interpreting", lambda: False)
     kernel = triton.runtime.jit.JITFunction(_kernel, do_not_specialize=["m"])
     return QuickLaunch(kernel)
 

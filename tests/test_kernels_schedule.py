@@ -30,7 +30,7 @@ def test_index_is_cached_per_routing():
 def test_tiles_too_big_for_shared_memory_fall_back_once():
     from triton.runtime.errors import OutOfResources
 
-    from jetmoe_kernels.schedule import launch_first_fitting
+    from jetmoe_kernels.schedule import launch_first_fitting, tile_candidates
 
     big, small = dict(BLOCK_M=999, tag=1), dict(BLOCK_M=16, tag=2)
     tried = []
@@ -41,7 +41,7 @@ def test_tiles_too_big_for_shared_memory_fall_back_once():
             raise OutOfResources(294912, 232448, "shared memory")
 
     for _ in range(2):
-        launch_first_fitting("test_kernel", torch.float32, [big, small], launch)
+        launch_first_fitting("test_kernel", torch.float32, tile_candidates([big, small]), launch)
     assert tried == [1, 2, 2]  # the misfit is tried once, then skipped
 
 
