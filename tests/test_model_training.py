@@ -34,6 +34,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_activation_checkpointing_flag_reads_as_transformers_walk_reads_it():
+    """Ours reads the backbone's and the layers' flags; transformers' generic property walks every module."""
+    from transformers import PreTrainedModel
+
+    model = tiny_model()
+    walked = PreTrainedModel.is_activation_checkpointing.fget
+    states = [(model.is_activation_checkpointing, walked(model))]
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    states.append((model.is_activation_checkpointing, walked(model)))
+    model.gradient_checkpointing_disable()
+    model.model.layers[1].gradient_checkpointing = True  # one layer on its own
+    states.append((model.is_activation_checkpointing, walked(model)))
+    assert states == [(False, False), (True, True), (True, True)]
+    assert model.model.is_activation_checkpointing and model.is_gradient_checkpointing
+
+
 def test_packed_rows_give_the_same_logits_as_each_sequence_alone():
     model = tiny_model(seed=1).eval()
     lengths = [5, 3, 7]
