@@ -8,6 +8,11 @@ launcher or the GPU. Best of 5 rounds of 2,000 calls (`--rounds`, `--calls`).
 
     PYTHONPATH=. python bench/bench_launch_overhead.py                          # this tree
     PYTHONPATH=. python bench/bench_launch_overhead.py --baseline-tree /tmp/old  # and another checkout's kernels
+
+`--gpu` (on a GPU machine) launches for real, at 64 tokens so that the GPU work is negligible and the host sets the
+pace, and splits each call's host time: the whole call; without Triton's launcher (`compiled.run`: the key is built
+and looked up); without the quick launch at all (our wrapper's Python only). It also times two PyTorch calls for
+scale. The split tells our Python from Triton's, on the host that runs the training.
 """
 
 import argparse
@@ -118,6 +123,51 @@ def measure(tree: Path, rounds: int = ROUNDS, calls: int = CALLS) -> dict:
     return results
 
 
+def _host_us(call, rounds: int, calls: int) -> float:
+    """Best-of-`rounds` host microseconds a call, the GPU drained at the end of each round."""
+    import torch
+
+    for _ in range(min(200, calls)):
+        call()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best * 1e6
+
+
+def measure_on_gpu(rounds: int, calls: int) -> str:
+    """The `--gpu` table: each case's host time, whole and without Triton's launcher or the quick launch."""
+    global TOKENS
+    import torch
+
+    import jetmoe_model  # noqa: F401  (makes `jetmoe_kernels` importable in a source checkout)
+    from jetmoe_kernels.launching import QuickLaunch
+
+    TOKENS = 64  # tile plans of a few rows: the GPU finishes each kernel in microseconds
+    torch.set_default_device("cuda")
+    x = torch.zeros(TOKENS, HIDDEN, dtype=torch.bfloat16)
+    lines = ["| call | host us |", "|---|---|"]
+    for name, call in {"torch.empty": lambda: torch.empty(TOKENS, HIDDEN, dtype=torch.bfloat16),
+                       "x.add_(1)": lambda: x.add_(1)}.items():  # fmt: skip
+        lines.append(f"| {name} | {_host_us(call, rounds, calls):.1f} |")
+    timed = cases()
+    whole = {name: _host_us(call, rounds, calls) for name, call in timed.items()}
+    launch = QuickLaunch.launch
+    QuickLaunch.launch = lambda self, grid, args, kwargs: self.compiled.get(self.key(args, kwargs, 0)[0])
+    keyed = {name: _host_us(call, rounds, calls) for name, call in timed.items()}
+    QuickLaunch.launch = lambda self, grid, args, kwargs: None
+    wrapper = {name: _host_us(call, rounds, calls) for name, call in timed.items()}
+    QuickLaunch.launch = launch
+    lines += ["", "| call | whole call, us | without Triton's launcher | our wrapper only |", "|---|---|---|---|"]
+    lines += [f"| {name} | {whole[name]:.1f} | {keyed[name]:.1f} | {wrapper[name]:.1f} |" for name in timed]
+    return "\n".join(lines)
+
+
 def baseline(tree: Path, rounds: int, calls: int) -> dict:
     """The same cases on another checkout's kernels, in a process of their own."""
     command = [sys.executable, __file__, "--tree", str(tree), "--rounds", str(rounds), "--calls", str(calls), "--json"]
@@ -133,7 +183,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--calls", type=int, default=CALLS, help="calls a round")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (the baseline's process)")
+    parser.add_argument("--gpu", action="store_true", help="real launches on this machine's GPU, host time split")
     args = parser.parse_args()
+    if args.gpu:
+        print(measure_on_gpu(args.rounds, args.calls))
+        return
     results = measure(args.tree, args.rounds, args.calls)
     if args.json:
         print(json.dumps(results))
