@@ -35,8 +35,8 @@ class QuickLaunch:
     def __init__(self, kernel):
         self.kernel = kernel
         self.compiled = {}
-        # Triton's interpreter decorates with an `InterpretedFunction`, launched as it is. Decided once: reading the
-        # environment on each of a step's ~1,600 launches cost ~1 us each.
+        # Triton's interpreter decorates with an `InterpretedFunction`, launched as it is: decided at decoration, as
+        # Triton decides it.
         self.interpreted = interpreting()
         if not self.interpreted:
             self.bind = _binder(kernel)
