@@ -22,8 +22,25 @@ import torch
 PACK_MULTIPLE = 64
 
 
+class HostPlan:
+    """A dataclass worked out on the host for one batch, whose tensors travel with the batch: pinned by a DataLoader
+    that pins, copied to the GPU as the batch is (accelerate calls `to`)."""
+
+    def to(self, device, non_blocking: bool = False):
+        """The same plan with its tensors on `device`."""
+        return self._with_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        """Page-locked copies (a non-blocking copy to the GPU needs them)."""
+        return self._with_tensors(torch.Tensor.pin_memory)
+
+    def _with_tensors(self, change):
+        return replace(self, **{field.name: change(value) for field in fields(self)
+                                if isinstance(value := getattr(self, field.name), torch.Tensor)})
+
+
 @dataclass
-class PackedBatch:
+class PackedBatch(HostPlan):
     """Where the tokens of a packed row come from and how to put outputs back."""
 
     cu_seqlens: torch.Tensor  # int32 [sequences + 1] on the model's device: boundaries, the filler's (if any) last
@@ -39,18 +56,6 @@ class PackedBatch:
     # A packed token some padded positions share (a pair's prompt): each padded position's packed token, or
     # `real_tokens` (a zero row) at padding. None: each packed token has one padded position, `token_index`.
     padded_index: torch.Tensor | None = None  # [batch * length]
-
-    def to(self, device, non_blocking: bool = False) -> "PackedBatch":
-        """The same layout with its tensors on `device` (how a batch planned on the host reaches the GPU)."""
-        return self._with_tensors(lambda tensor: tensor.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "PackedBatch":
-        """Page-locked copies, for a DataLoader that pins its batches (a non-blocking copy to the GPU needs it)."""
-        return self._with_tensors(torch.Tensor.pin_memory)
-
-    def _with_tensors(self, change) -> "PackedBatch":
-        return replace(self, **{field.name: change(value) for field in fields(self)
-                                if isinstance(value := getattr(self, field.name), torch.Tensor)})
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, L, ...]` (or `[B, L]`) in the input's layout -> `[1, T', ...]`, the filler's rows zeros."""

@@ -27,7 +27,7 @@ def test_a_planned_batch_gives_the_loss_and_gradients_of_the_forward_planning_it
     trainer = sft_setup(tmp_path, **layout)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     assert batch["packed_batch"].real_tokens > 0
-    unplanned = {key: value for key, value in batch.items() if key != "packed_batch"}
+    unplanned = {key: value for key, value in batch.items() if key not in ("packed_batch", "scored_tokens")}
     planned_in_forward = []
     layout_of = jetmoe_model.batch_plan.padding_free_layout
     monkeypatch.setattr(jetmoe_model.modeling, "padding_free_layout",
@@ -67,7 +67,7 @@ def test_pinned_batches_are_copied_without_blocking_the_host(tmp_path):
 def test_a_plan_is_not_used_where_the_model_runs_padded(tmp_path):
     trainer = sft_setup(tmp_path)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
-    unplanned = {key: value for key, value in batch.items() if key != "packed_batch"}
+    unplanned = {key: value for key, value in batch.items() if key not in ("packed_batch", "scored_tokens")}
     trainer.model.config.padding_free = False  # after collation: the padded forward, whatever the batch carries
     with torch.no_grad():
         planned, padded = (trainer.compute_loss(trainer.model.eval(), dict(inputs)) for inputs in (batch, unplanned))

@@ -106,6 +106,14 @@ class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin
 
     preference_pairs = True  # batches planned on the host share each pair's prompt (`PlannedBatchesMixin`)
 
+    def _head_labels(self, batch):
+        """TRL's DPO loss scores the completions: its labels are the input ids outside them set to -100."""
+        return batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+
+    def _policy_head_outputs(self):
+        # TRL's DPO metrics, and the WPO weights with `use_weighting`
+        return ("entropy", "mean_logits", "is_top1") + (("log_sum_sq_probs",) if self.use_weighting else ())
+
 
 def frozen_copy(model):
     reference = copy_model(model).eval()  # ZeRO-3 shards do not survive deepcopy

@@ -13,6 +13,9 @@ from .trainer_mixins import JetMoETrainerMixin
 class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer):
     """`SFTTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
+    def _policy_head_outputs(self):
+        return ("entropy", "is_top1")  # TRL's SFT metrics
+
 
 def sft_trainer(args, model, tokenizer, train_dataset, eval_dataset=None, peft_config=None) -> JetMoESFTTrainer:
     """Conversations are tokenised (and packed) by TRL; data prepared by `align.data.prepare` (tokenised, with
