@@ -6,7 +6,6 @@ gradients against stock TRL's `DPOTrainer` on the padded batch plus the model's 
 import pytest
 import torch
 from conftest import tiny_config_kwargs
-from datasets import Dataset
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
@@ -15,7 +14,7 @@ import jetmoe_model.batch_plan
 from align.lora.arguments import LoraArguments
 from align.lora.config import jetmoe_lora_config
 from align.training.dpo import dpo_trainer, frozen_copy
-from alignment_fixtures import tiny_model, tokenizer_for
+from alignment_fixtures import tiny_model
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 from jetmoe_model.packing import PACK_MULTIPLE
 from jetmoe_model.pair_packing import shared_prefix_pairs

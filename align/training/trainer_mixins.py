@@ -2,9 +2,10 @@
 checkpoint on SIGTERM, checkpoints that survive a kill and record the run's settings, accepted recipe changes
 applied on resume, no extra step after a finished resume, no tied-weight noise on resume, JetMoE's router
 losses, token-balanced micro-batches, steps queued without waiting for the GPU, gradient clipping inside the fused
-optimizer step, the FLOP count's parameters counted once."""
+optimizer step, that step's update in our kernel, the FLOP count's parameters counted once."""
 
 from ..runs.crash_safe import CrashSafeCheckpointsMixin
+from .adamw import TritonAdamWMixin
 from .clipping import ClipInFusedAdamMixin
 from .flop_count import CountParametersOnceMixin
 from .planned_batches import PlannedBatchesMixin
@@ -18,5 +19,5 @@ from .token_batches import TokenBalancedBatchesMixin
 
 class JetMoETrainerMixin(StepGuardMixin, ResumeSettingsMixin, CrashSafeCheckpointsMixin, StopAtMaxStepsMixin,
                          TiedWeightsResumeMixin, PlannedBatchesMixin, RouterLossMixin, TokenBalancedBatchesMixin,
-                         ClipInFusedAdamMixin, CountParametersOnceMixin):
+                         ClipInFusedAdamMixin, TritonAdamWMixin, CountParametersOnceMixin):
     """Mix in before a TRL trainer: `class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer)`."""
