@@ -63,11 +63,13 @@ def saved_and_loaded(state_dict):
 
 @pytest.fixture
 def kernel_updates(monkeypatch):
-    """Counts the kernel's updates; on a machine without a GPU, runs them in Triton's interpreter."""
+    """Counts the kernel's updates, of parameters of any size; on a machine without a GPU, runs them in Triton's
+    interpreter."""
     if DEVICE == "cpu":
         monkeypatch.setattr(adamw_module, "kernel_runs_on", lambda tensor: True)
+    monkeypatch.setattr(TritonAdamW, "kernel_min_elements", 1)
     calls = []
-    monkeypatch.setattr(adamw_module, "adamw_update_", lambda *args: calls.append(1) or adamw_update_(*args))
+    monkeypatch.setattr(adamw_module, "kernel_update", lambda *args: calls.append(1) or adamw_update_(*args))
     return calls
 
 
@@ -100,6 +102,13 @@ def test_each_bfloat16_step_is_torchs_fused_step_to_the_last_place(grad_scale, k
         assert_same_training((ours.param_groups[0]["params"], ours), (params, theirs),
                              tolerance=dict(rtol=2**-7, atol=1e-6))  # fmt: skip
     assert len(kernel_updates) == 4 * len(SIZES)
+
+
+def test_small_parameters_go_to_torchs_kernel_together_in_the_same_step(kernel_updates, monkeypatch):
+    monkeypatch.setattr(TritonAdamW, "kernel_min_elements", 1000)  # 37 and 105 elements: torch's; 2,560: ours
+    assert_same_training(run(TritonAdamW, torch.float32, grad_scale=4.0, fused=True),
+                         run(torch.optim.AdamW, torch.float32, grad_scale=4.0, fused=True))  # fmt: skip
+    assert len(kernel_updates) == 4
 
 
 def test_the_float32_update_is_torchs_reference_update():
