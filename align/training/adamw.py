@@ -50,9 +50,9 @@ class TritonAdamW(torch.optim.AdamW):
         for group in self.param_groups:
             lists = [], [], [], [], []  # params, grads, exp_avgs, exp_avg_sqs, steps
             self._init_group(group, *lists[:4], [], lists[4])
-            large = [param.numel() >= self.kernel_min_elements for param in lists[0]]
-            small = [[x for x, is_large in zip(values, large) if not is_large] for values in lists]
-            large = [[x for x, is_large in zip(values, large) if is_large] for values in lists]
+            is_large = [param.numel() >= self.kernel_min_elements for param in lists[0]]
+            small = [[x for x, keep in zip(values, is_large) if not keep] for values in lists]
+            large = [[x for x, keep in zip(values, is_large) if keep] for values in lists]
             beta1, beta2 = group["betas"]
             if small[0]:
                 torch_adamw(*small[:4], [], small[4], fused=True, grad_scale=grad_scale, amsgrad=False, beta1=beta1,
