@@ -165,16 +165,25 @@ def sweep(shape=SHAPE) -> str:
                        inp["w_out"]),
         "moa_q fwd": (lambda: scatter_mm(x, inp["w_q"], ix, ix.token_rows, ix.slot_rows, rows), inp["w_q"]),
     }  # fmt: skip
-    dw_cases = {
-        "mlp_in dW": (lambda: dw_module.grouped_dw(x, inp["ab"].detach(), inp["w_in"].shape, torch.bfloat16, ix,
-                                                   ix.token_rows, None), inp["w_in"]),
-        "mlp_out dW": (lambda: dw_module.grouped_dw(hid, dy_grouped, inp["w_out"].shape, torch.bfloat16, ix, None,
-                                                    None), inp["w_out"]),
-        "moa dW": (lambda: dw_module.grouped_dw(x, slots.detach(), inp["w_q"].shape, torch.bfloat16, ix,
-                                                ix.token_rows, ix.slot_rows), inp["w_q"]),
-    }  # fmt: skip
+    dw_operands = {  # (x, dy, weight, x_rows, dy_rows)
+        "mlp_in dW": (x, inp["ab"].detach(), inp["w_in"], ix.token_rows, None),
+        "mlp_out dW": (hid, dy_grouped, inp["w_out"], None, None),
+        "moa dW": (x, slots.detach(), inp["w_q"], ix.token_rows, ix.slot_rows),
+    }
+
+    def kernel_dw(x, dy, weight, x_rows, dy_rows):
+        return lambda: dw_module.grouped_dw(x, dy, weight.shape, weight.dtype, ix, x_rows, dy_rows)
+
+    def routed_dw(x, dy, weight, x_rows, dy_rows):
+        return lambda: dw_module.weight_grad(x, dy, weight, ix, x_rows, dy_rows)
+
+    dw_cases = {name: (kernel_dw(*operands), operands[2]) for name, operands in dw_operands.items()}
     lines = ["| kernel | config | " + " | ".join(list(mm_cases) + list(dw_cases)) + " |"]
     lines.append("|---" * (2 + len(mm_cases) + len(dw_cases)) + "|")
+
+    def tflops(fn, weight) -> str:
+        return f"{2 * rows * weight.shape[1] * weight.shape[2] / _median_ms(fn) / 1e9:.0f}"
+
     for module, candidates, cases in ((mm_module, MM_CANDIDATES, mm_cases), (dw_module, DW_CANDIDATES, dw_cases)):
         saved = module._configs
         for cfg in candidates:
@@ -183,8 +192,7 @@ def sweep(shape=SHAPE) -> str:
             cells = []
             for fn, weight in cases.values():
                 try:
-                    ms = _median_ms(fn)
-                    cells.append(f"{2 * rows * weight.shape[1] * weight.shape[2] / ms / 1e9:.0f}")
+                    cells.append(tflops(fn, weight))
                 except Exception as err:  # out of shared memory etc.: report and go on
                     cells.append(type(err).__name__)
             blank = ["" for _ in range(len(mm_cases) if module is dw_module else len(dw_cases))]
@@ -192,6 +200,11 @@ def sweep(shape=SHAPE) -> str:
             lines.append(f"| {module.__name__.split('.')[-1]} | {cfg} | " + " | ".join(row) + " |")
         module._configs = saved
         module._candidates.cache_clear()
+    # What training runs: `weight_grad` (torch's grouped GEMM over gathered rows where it applies, gathers included).
+    routed = [tflops(routed_dw(*operands), operands[2]) for operands in dw_operands.values()]
+    uses = dw_module.uses_grouped_gemm(x, x, inp["w_in"])
+    lines.append(f"| weight_grad | {'torch grouped GEMM' if uses else 'the kernel above'} | "
+                 + " | ".join([""] * len(mm_cases) + routed) + " |")
     return "\n".join(lines)
 
 

@@ -3,11 +3,17 @@
 One program owns one `[BLOCK_N, BLOCK_K]` tile of one expert's gradient and walks that expert's rows, reading
 `x` and `dy` through the routing index (no gathered copies). Experts with no rows get zeros. The backward half
 of `scatter_matmul`; its autograd lives there.
+
+On Hopper GPUs in bfloat16, `weight_grad` hands the same sum to torch's grouped GEMM (`F.grouped_mm`, CUTLASS)
+instead, over the rows gathered into expert order first: gathers included, 1.2-1.4x this kernel on an H200 for
+JetMoE-8B's three weight gradients (docs/benchmarks.md), whose rows this kernel reads by pointers, TMA being
+unable to gather them. Elsewhere (float32, other GPUs, Triton's interpreter) this kernel computes it.
 """
 
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -118,3 +124,34 @@ def grouped_dw(
 
     launch_first_fitting("grouped_dw", x.dtype, _candidates(rank_block(n), rank_block(k), interpreting()), launch)
     return dw
+
+
+@functools.cache
+def _is_hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+def uses_grouped_gemm(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `weight_grad` computes this gradient with torch's grouped GEMM: bfloat16 throughout, on a Hopper GPU
+    (where it was measured faster), with rows of whole 16-byte units (CUTLASS's alignment)."""
+    return (
+        x.dtype == dy.dtype == weight.dtype == torch.bfloat16 and x.is_cuda and not interpreting()
+        and _is_hopper(x.device.index) and x.shape[1] % 8 == 0 and dy.shape[1] % 8 == 0
+    )  # fmt: skip
+
+
+def grouped_gemm_dw(x, dy, index: RoutingIndex, x_rows, dy_rows) -> torch.Tensor:
+    """`[E, N, K]` gradient by `F.grouped_mm`: `x` and `dy` gathered into grouped order (contiguous rows per
+    expert, `index.expert_end` their ends), then one GEMM per expert over its rows; an expert without rows gets
+    zeros."""
+    x_grouped = (x if x_rows is None else x.index_select(0, x_rows)).contiguous()
+    dy_grouped = (dy if dy_rows is None else dy.index_select(0, dy_rows)).contiguous()
+    return F.grouped_mm(dy_grouped.t(), x_grouped, offs=index.expert_end)
+
+
+def weight_grad(x, dy, weight, index: RoutingIndex, x_rows, dy_rows) -> torch.Tensor:
+    """`dW[e] = sum_r dy[dy_rows[r]]^T x[x_rows[r]]` over expert e's grouped rows, in `weight`'s dtype and strides."""
+    if not uses_grouped_gemm(x, dy, weight):
+        return grouped_dw(x, dy, weight.shape, weight.dtype, index, x_rows, dy_rows, out=torch.empty_like(weight))
+    dw = grouped_gemm_dw(x, dy, index, x_rows, dy_rows)
+    return dw if dw.stride() == weight.stride() else torch.empty_like(weight).copy_(dw)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grouped_dw import grouped_dw, rank_block
+from .grouped_dw import rank_block, weight_grad
 from .launching import quick_launch
 from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, tile_candidates
 
@@ -268,11 +268,6 @@ def input_rows(x: torch.Tensor, index: RoutingIndex, grouped: bool) -> torch.Ten
     if x.shape[0] == num_slots:
         return index.slot_rows
     return index.token_rows
-
-
-def weight_grad(x, dy, weight, index, x_rows, dy_rows):
-    """`dW[e] = sum_r dy[dy_rows[r]]^T x[x_rows[r]]` over expert e's grouped rows, in `weight`'s dtype and strides."""
-    return grouped_dw(x, dy, weight.shape, weight.dtype, index, x_rows, dy_rows, out=torch.empty_like(weight))
 
 
 def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
