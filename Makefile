@@ -14,6 +14,10 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.11
 RECIPE ?= recipes/tiny/pipeline.yaml
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite on two processes (pytest-xdist), each test file on one of them (its module-scoped fixtures built once):
+# many tests wait on processes they launch, so two cores run two files at once. PYTEST_WORKERS=0: in one process.
+PYTEST_WORKERS ?= 2
+PYTEST := -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: install deepspeed test test-oldest demo prepare sft dpo pipeline export eval harness bench clean
 
@@ -43,12 +47,12 @@ deepspeed: $(VENV)/.deepspeed
 
 # With DeepSpeed, so that its tests (ZeRO-2/3 pipelines, sharded resume) run; `make test-oldest` skips them.
 test: $(VENV)/.deepspeed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) $(PYTEST) $(PYTEST_ARGS)
 
 test-oldest: $(OLDEST_VENV)/.installed
 	$(OLDEST_VENV)/bin/python -c "import transformers, trl, peft, datasets, accelerate; \
 		print('oldest:', *(f'{m.__name__} {m.__version__}' for m in (transformers, trl, peft, datasets, accelerate)))"
-	$(OLDEST_VENV)/bin/python -m pytest -q $(OLDEST_TESTS) $(PYTEST_ARGS)
+	$(OLDEST_VENV)/bin/python $(PYTEST) $(OLDEST_TESTS) $(PYTEST_ARGS)
 
 # The demo starts afresh each time: it replaces an earlier demo run in runs/demo (the stages refuse that otherwise).
 demo: install
