@@ -50,6 +50,7 @@ def profile_step(args):
 
 CATEGORIES = [  # first match wins
     ("expert matmuls (ours)", ("_scatter_mm", "_grouped_dw")),
+    ("expert weight gradients (torch grouped GEMM, CUTLASS)", ("enable_3x_kernel_for_sm9x",)),
     ("other expert kernels (ours)", ("_silu_glu", "_combine", "_gate_grad", "_grouped_output_grad")),
     ("fused RMSNorm / rotary (ours)", ("_rmsnorm", "_rotary")),
     ("attention (SDPA)", ("sdpa", "fmha", "flash", "cudnn")),
