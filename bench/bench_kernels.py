@@ -202,7 +202,7 @@ def sweep(shape=SHAPE) -> str:
         module._candidates.cache_clear()
     # What training runs: `weight_grad` (torch's grouped GEMM over gathered rows where it applies, gathers included).
     routed = [tflops(routed_dw(*operands), operands[2]) for operands in dw_operands.values()]
-    uses = dw_module.uses_grouped_gemm(x, x, inp["w_in"])
+    uses = dw_module.uses_grouped_gemm(*dw_operands["mlp_in dW"][:3])
     lines.append(f"| weight_grad | {'torch grouped GEMM' if uses else 'the kernel above'} | "
                  + " | ".join([""] * len(mm_cases) + routed) + " |")
     return "\n".join(lines)

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .launching import quick_launch
-from .schedule import (RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, next_power_of_2,
-                       tile_candidates)  # fmt: skip
+from .schedule import (RoutingIndex, cdiv, compute_capability, dot_options, interpreting, launch_first_fitting,
+                       next_power_of_2, tile_candidates)  # fmt: skip
 
 
 @quick_launch
@@ -126,17 +126,12 @@ def grouped_dw(
     return dw
 
 
-@functools.cache
-def _is_hopper(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] == 9
-
-
 def uses_grouped_gemm(x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `weight_grad` computes this gradient with torch's grouped GEMM: bfloat16 throughout, on a Hopper GPU
     (where it was measured faster), with rows of whole 16-byte units (CUTLASS's alignment)."""
     return (
         x.dtype == dy.dtype == weight.dtype == torch.bfloat16 and x.is_cuda and not interpreting()
-        and _is_hopper(x.device.index) and x.shape[1] % 8 == 0 and dy.shape[1] % 8 == 0
+        and compute_capability(x.device.index) == 9 and x.shape[1] % 8 == 0 and dy.shape[1] % 8 == 0
     )  # fmt: skip
 
 

@@ -24,7 +24,9 @@ import triton.language as tl
 
 from .grouped_dw import rank_block, weight_grad
 from .launching import quick_launch
-from .schedule import RoutingIndex, cdiv, dot_options, interpreting, launch_first_fitting, tile_candidates
+from .schedule import (
+    RoutingIndex, cdiv, compute_capability, dot_options, interpreting, launch_first_fitting, tile_candidates,
+)
 
 
 @triton.jit
@@ -150,10 +152,9 @@ def tma_readable(tensor: torch.Tensor) -> bool:
     return tensor.stride(-1) == 1 and aligned and tensor.data_ptr() % 16 == 0
 
 
-@functools.cache
 def _has_tma(device_index: int) -> bool:
     """Hopper (compute capability 9) and later have the TMA; older GPUs keep the pointer loads they were tuned with."""
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
+    return compute_capability(device_index) >= 9
 
 
 def _weight_descriptor(weight: torch.Tensor, transpose_weight: bool, cfg: dict):

@@ -25,6 +25,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def compute_capability(device_index: int) -> int:
+    """The GPU's major compute capability (9: Hopper), cached: the kernels' launch paths ask it every call."""
+    return torch.cuda.get_device_capability(device_index)[0]
+
+
 def dot_options(dtype: torch.dtype) -> dict:
     """Compile-time options of the matmul kernels' `tl.dot`.
 
