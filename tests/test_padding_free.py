@@ -8,6 +8,7 @@ from conftest import tiny_config_kwargs
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import add_fused_lm_head
 
+from align.training.deferred_metrics import as_numbers
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 from jetmoe_model.packing import PACK_MULTIPLE, unpad
 from jetmoe_model.varlen_attention import reference_varlen_attention, varlen_attention
@@ -177,7 +178,7 @@ def test_trls_dpo_loss_with_our_router_losses_is_the_same_padding_free(tmp_path,
         loss = trainer.compute_loss(trainer.model, dict(batch))
         loss.backward()
         grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
-        results[padding_free] = loss, grads, {key: values[-1] for key, values in trainer._metrics["train"].items()}
+        results[padding_free] = loss, grads, {key: as_numbers(values)[-1] for key, values in trainer._metrics["train"].items()}
     assert len(unpadded) == 2  # the policy's and the reference's forward, both padding-free
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
     for name, grad in results[False][1].items():
@@ -231,7 +232,7 @@ def test_trls_sft_loss_on_a_packed_row_is_the_padded_batchs(tmp_path):
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         grads = {key: p.grad.clone() for key, p in trainer.model.named_parameters() if p.grad is not None}
-        results[name] = batch, loss, grads, {key: values[-1] for key, values in trainer._metrics["train"].items()}
+        results[name] = batch, loss, grads, {key: as_numbers(values)[-1] for key, values in trainer._metrics["train"].items()}
     padded_batch, packed_batch = results["padded"][0], results["packed"][0]
     assert padded_batch["attention_mask"].eq(0).any() and "attention_mask" not in packed_batch
     assert packed_batch["input_ids"].shape[0] == 1 and (packed_batch["labels"] != -100).any()

@@ -1,7 +1,7 @@
 """TRL's fused LM head on positions planned on the host (`align.training.planned_lm_head`): the same per-token
 fields, loss and gradients as TRL's own head (`add_fused_lm_head`, boolean masks on the device) on the same model
-and batch, for the DPO trainer's policy and reference and for SFT; and on a GPU, no host sync in the forward and
-backward of a planned batch."""
+and batch, for the DPO trainer's policy and reference and for SFT; and on a GPU, no host sync in the DPO trainer's
+loss and backward of a planned batch."""
 
 import pytest
 import torch
@@ -100,29 +100,28 @@ def test_labels_of_another_shape_than_planned_are_refused(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a GPU matter")
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_a_planned_dpo_batch_runs_forwards_and_backward_without_a_host_sync(tmp_path, lora):
-    """The reference and the policy forward of a planned batch and the backward, in bfloat16 on the Triton kernels
-    and flash attention as in training, with syncs made errors (after a first, compiling run). TRL's metrics, read
-    after the forwards, are the step's wait."""
+def test_a_dpo_training_loss_and_its_backward_run_without_a_host_sync(tmp_path, lora):
+    """The trainer's whole loss of a planned batch (the reference and the policy forward, DPO's loss and metrics,
+    the router losses) and its backward, in bfloat16 on the Triton kernels and flash attention as in training, with
+    syncs made errors (after a first, compiling run). The metrics become numbers when logged."""
     ours, _ = trainers(tmp_path, lora)
     policy = ours.model.get_base_model() if lora else ours.model
     for model in (policy, ours.ref_model):
         if model is not None:
             model.to("cuda", torch.bfloat16).set_moe_backend("triton")
-    batch = ours.data_collator([ours.train_dataset[i] for i in range(6)])
-    batch = {key: value.to("cuda") for key, value in batch.items()}
-    kwargs = {key: value for key, value in batch.items() if key != "completion_mask"}
-    kwargs["labels"] = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    batch = ours._prepare_inputs(ours.data_collator([ours.train_dataset[i] for i in range(6)]))
+    ours.model.train()
 
-    def forwards_and_backward():
-        with torch.no_grad():
-            (ours.ref_model or policy)(**kwargs, preference_pairs=True, fused_lm_head=True)
-        policy(**kwargs, preference_pairs=True, fused_lm_head=True).log_probs.sum().backward()
+    def loss_and_backward():
+        ours.compute_loss(ours.model, dict(batch)).backward()
 
-    forwards_and_backward()
+    loss_and_backward()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        forwards_and_backward()
+        loss_and_backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    ours.log({})
+    logged = ours.state.log_history[-1]
+    assert logged["num_tokens"] > 0 and logged["router_z_loss"] > 0 and logged["rewards/margins"] != 0

@@ -178,7 +178,10 @@ def test_dpo_loss_rewards_log_probs_and_gradients_equal_stock_trl_on_padded_pair
         loss.backward()
         grads = {key.removeprefix("base_model.model."): p.grad.clone()
                  for key, p in trainer.model.named_parameters() if p.grad is not None}
-        results[name] = loss, grads, {key: values[-1] for key, values in trainer._metrics["train"].items()}
+        if name == "ours":  # kept on the device (no wait for it in the step) until logged
+            assert all(isinstance(values[-1], torch.Tensor) for values in trainer._metrics["train"].values())
+        trainer.log({})
+        results[name] = loss, grads, trainer.state.log_history[-1]
     assert len(layouts) == 1 and layouts[0] is not None  # the policy and the reference forward read the plan
     assert layouts[0].real_tokens < int(batch["attention_mask"].sum())
 
@@ -186,7 +189,9 @@ def test_dpo_loss_rewards_log_probs_and_gradients_equal_stock_trl_on_padded_pair
     torch.testing.assert_close(loss, stock_loss, atol=1e-5, rtol=1e-5)
     for key in ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
                 "rewards/accuracies", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy"):
+        assert type(metrics[key]) is float, key
         assert metrics[key] == pytest.approx(stock_metrics[key], rel=1e-4, abs=1e-5), key
+    assert metrics["num_tokens"] == stock_metrics["num_tokens"] > 0
     assert abs(metrics["rewards/margins"]) > 1e-4  # the policy is not its reference: rewards carry signal
     assert grads.keys() == stock_grads.keys() and (any("lora_" in key for key in grads) == lora)
     for key, grad in stock_grads.items():

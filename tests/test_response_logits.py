@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import trl.trainer.utils
 from trl.kernels import ChunkedLogProbFunction
 
+from align.training.deferred_metrics import as_numbers
 from test_dpo_learning import _setup as dpo_setup
 from test_sft_learning import _setup as sft_setup
 
@@ -51,7 +52,7 @@ def trainer_step(trainer, rows: int):
     model.zero_grad()
     loss = trainer.compute_loss(model, dict(batch))
     loss.backward()
-    metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    metrics = {key: as_numbers(values)[-1] for key, values in trainer._metrics["train"].items()}
     return batch, model, loss, grads_of(model), metrics
 
 

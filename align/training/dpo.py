@@ -17,6 +17,7 @@ from ..config.recipes import Recipe
 from ..data.encoding import pair_length
 from ..lora.adapter_switch import install_quick_adapter_switch
 from .distributed import copy_model
+from .dpo_loss import DPOLossWithoutWaitsMixin
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
 
@@ -101,7 +102,7 @@ class QuickReferenceMixin:
 
 
 class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, ReferenceFirstMixin,
-                       SharedPromptsMixin, DPOTrainer):  # fmt: skip
+                       SharedPromptsMixin, DPOLossWithoutWaitsMixin, DPOTrainer):  # fmt: skip
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
     preference_pairs = True  # batches planned on the host share each pair's prompt (`PlannedBatchesMixin`)

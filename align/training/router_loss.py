@@ -60,7 +60,8 @@ class RouterLossMixin:
 
         mode = "train" if self.model.training else "eval"
         for name, value in (("aux_loss", aux), ("router_z_loss", z_loss)):
-            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+            # a tensor: made a number when logged (`deferred_metrics`), not here, where it would wait for the GPU
+            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean())
         return (loss, outputs) if return_outputs else loss
 
     def _accumulation_divisor(self, num_items_in_batch) -> int:

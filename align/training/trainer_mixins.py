@@ -2,11 +2,13 @@
 checkpoint on SIGTERM, checkpoints that survive a kill and record the run's settings, accepted recipe changes
 applied on resume, no extra step after a finished resume, no tied-weight noise on resume, JetMoE's router
 losses, token-balanced micro-batches, steps queued without waiting for the GPU, gradient clipping inside the fused
-optimizer step, that step's update in our kernel, the FLOP count's parameters counted once."""
+optimizer step, that step's update in our kernel, the FLOP count's parameters counted once, metrics made numbers
+only when logged."""
 
 from ..runs.crash_safe import CrashSafeCheckpointsMixin
 from .adamw import TritonAdamWMixin
 from .clipping import ClipInFusedAdamMixin
+from .deferred_metrics import DeferredMetricsMixin
 from .flop_count import CountParametersOnceMixin
 from .planned_batches import PlannedBatchesMixin
 from .resume_trainer import ResumeSettingsMixin
@@ -19,5 +21,5 @@ from .token_batches import TokenBalancedBatchesMixin
 
 class JetMoETrainerMixin(StepGuardMixin, ResumeSettingsMixin, CrashSafeCheckpointsMixin, StopAtMaxStepsMixin,
                          TiedWeightsResumeMixin, PlannedBatchesMixin, RouterLossMixin, TokenBalancedBatchesMixin,
-                         ClipInFusedAdamMixin, TritonAdamWMixin, CountParametersOnceMixin):
+                         ClipInFusedAdamMixin, TritonAdamWMixin, CountParametersOnceMixin, DeferredMetricsMixin):
     """Mix in before a TRL trainer: `class JetMoESFTTrainer(JetMoETrainerMixin, SFTTrainer)`."""
