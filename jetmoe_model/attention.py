@@ -15,7 +15,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .attention_weights import eager_attention, eager_attention_in_stock_order
 from .experts import MoAExperts
 from .kv_cache import update_cache
-from .layers import apply_rotary, resolve_backend
+from .layers import apply_rotary_pair, resolve_backend
 from .varlen_attention import varlen_attention
 
 
@@ -53,7 +53,7 @@ class MoAAttention(nn.Module):
         cos, sin = position_embeddings
         backend = self.experts.backend
         # Packed: laid out token by token, so that `[T, heads, dim]` below is a view, not a copy for flash attention.
-        query, key = (apply_rotary(x, cos, sin, backend, token_major=packed is not None) for x in (query, key))
+        query, key = apply_rotary_pair(query, key, cos, sin, backend, token_major=packed is not None)
         if packed is not None:  # [1, heads*k, T, dim] -> [T, heads*k, dim] views, the layout varlen kernels read
             # (squeezed, not indexed: the backward of `x[0]` copies the gradient into zeros, of `squeeze` is a view)
             key, value, query = (x.squeeze(0).transpose(0, 1) for x in (key, value, query))

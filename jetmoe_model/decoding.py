@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .layers import apply_rotary, resolve_backend
+from .layers import apply_rotary_pair, resolve_backend
 
 SPAN = 256  # cache columns attention reads: a multiple of this, one CUDA graph for each
 CHECK_EVERY = 16  # steps between looks (a host sync) at whether every row has ended
@@ -58,8 +58,8 @@ def _attend_one_token(attention, x, rope, cache: DecodeCache, layer_idx: int, sl
     key, value = (half.transpose(1, 2) for half in kv.unbind(2))  # [B, heads, 1, dim]
     cos, sin = rope
     backend = attention.experts.backend
-    query = apply_rotary(query, cos, sin, backend).view(batch, heads, top_k, dim)
-    key = apply_rotary(key, cos, sin, backend)
+    query, key = apply_rotary_pair(query, key, cos, sin, backend)
+    query = query.view(batch, heads, top_k, dim)
     keys, values = cache.keys[layer_idx], cache.values[layer_idx]
     keys.index_copy_(2, slot.view(1), key)
     values.index_copy_(2, slot.view(1), value)

@@ -89,3 +89,16 @@ def apply_rotary(
     x = x.flatten(1, 2) if x.dim() == 5 else x
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return x * cos + _rotate_half(x) * sin
+
+
+def apply_rotary_pair(
+    query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "torch",
+    token_major: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`apply_rotary` of a layer's queries and keys; the fused kernel rotates both in one launch."""
+    head_dim = query.shape[-1]
+    if resolve_backend(backend, query.device) == "triton" and head_dim & (head_dim - 1) == 0:
+        from jetmoe_kernels.rotary import apply_rotary_pair as fused_rotary_pair
+
+        return fused_rotary_pair(query, key, cos, sin, token_major)
+    return tuple(apply_rotary(x, cos, sin, backend, token_major) for x in (query, key))

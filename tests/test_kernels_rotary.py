@@ -1,11 +1,13 @@
-"""Fused rotary embedding against the model's PyTorch `apply_rotary`: keys, MoA queries, gradient layouts."""
+"""Fused rotary embedding against the model's PyTorch `apply_rotary`: keys, MoA queries, gradient layouts, and a
+layer's queries and keys in one launch."""
 
 import pytest
 import torch
 from kernel_cases import DEVICE, DTYPES, assert_close, grads, randn
 
 from jetmoe_model.layers import apply_rotary as reference
-from jetmoe_kernels.rotary import apply_rotary
+import jetmoe_kernels.rotary
+from jetmoe_kernels.rotary import apply_rotary, apply_rotary_pair
 
 BATCH, LENGTH, DIM = 2, 11, 16
 
@@ -64,3 +66,30 @@ def test_token_major_result_and_the_keys_gradient_layout():
     assert_close(ours, reference(keys, cos, sin), torch.float32, "y")
     ours.sum().backward()
     assert captured["grad"].transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("token_major", [False, True], ids=["head-major", "token-major"])
+def test_queries_and_keys_in_one_launch_each_way_equal_each_rotated_alone(monkeypatch, token_major):
+    query_leaf, queries = layouts(torch.float32)["moa-queries"]  # 6 heads as [B, 3, 2, L, D]
+    key_leaf, keys = layouts(torch.float32)["keys"]  # 3 heads, strided
+    cos, sin = tables(1, LENGTH, DIM, torch.float32)
+    launches = []
+    launch = jetmoe_kernels.rotary._launch
+    monkeypatch.setattr(jetmoe_kernels.rotary, "_launch", lambda pairs, *args, **kwargs: launches.append(len(pairs))
+                        or launch(pairs, *args, **kwargs))  # fmt: skip
+    ours = apply_rotary_pair(queries, keys, cos, sin, token_major=token_major)
+    weights = [randn(*y.shape, dtype=torch.float32, seed=5 + i, grad=False) for i, y in enumerate(ours)]
+    sum((y * w).sum() for y, w in zip(ours, weights)).backward()
+    assert launches == [2, 2]  # both tensors, forward and backward
+    ours_grads = [leaf.grad.clone() for leaf in (query_leaf, key_leaf)]
+
+    for leaf in (query_leaf, key_leaf):
+        leaf.grad = None
+    expected = [reference(x, cos, sin) for x in (queries, keys)]
+    sum((y * w).sum() for y, w in zip(expected, weights)).backward()
+    for name, got, want in zip(("query", "key"), ours, expected):
+        assert_close(got, want, torch.float32, name)
+    for name, got, leaf in zip(("query", "key"), ours_grads, (query_leaf, key_leaf)):
+        assert_close(got, leaf.grad, torch.float32, f"d{name}")
+    if token_major:
+        assert all(y.transpose(1, 2).is_contiguous() for y in ours)
