@@ -109,7 +109,8 @@ def test_a_dpo_training_loss_and_its_backward_run_without_a_host_sync(tmp_path, 
     for model in (policy, ours.ref_model):
         if model is not None:
             model.to("cuda", torch.bfloat16).set_moe_backend("triton")
-    batch = ours._prepare_inputs(ours.data_collator([ours.train_dataset[i] for i in range(6)]))
+    batch = ours.data_collator([ours.train_dataset[i] for i in range(6)])
+    batch = {key: value.to("cuda") for key, value in batch.items()}  # the trainer's own device is the CPU here
     ours.model.train()
 
     def loss_and_backward():
