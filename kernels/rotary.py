@@ -12,7 +12,7 @@ layout that kernel wrote, and the keys' gradient (`x` a strided half of the kv p
 token by token when autograd stacks the two into the projection's gradient (a slow transposing copy otherwise).
 
 A layer's queries and keys share one launch each way (`apply_rotary_pair`): these kernels take the GPU microseconds,
-a launch takes the host tens of them, and a host-paced LoRA DPO step launches them 144 times.
+a launch takes the host tens of them: a host-paced 24-layer LoRA DPO step launched them 144 times, now 72.
 """
 
 import torch

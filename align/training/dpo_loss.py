@@ -1,10 +1,10 @@
 """TRL's DPO loss and its logged metrics, computed without the host waiting for the GPU.
 
 TRL 1.16's `DPOTrainer._compute_loss` makes a Python number of each metric as soon as it has it (`.item()`, `if
-tensor > 0`, boolean-mask indexing): ~20 waits for the GPU between the policy forward and the backward. A LoRA DPO
-step on an H200 is paced by the host, so the GPU then sat idle for what it had queued (~15 ms of a ~290 ms step),
-and the host issued the backward only after. Here the same loss and metrics are GPU tensors, appended to TRL's
-metric lists (`align.training.deferred_metrics` makes numbers of them when the trainer logs).
+tensor > 0`, boolean-mask indexing): ~20 waits for the GPU between the policy forward and the backward. In a
+host-paced LoRA DPO step on an H200 the host waited there for the GPU to finish the forward (~15 ms of a ~290 ms
+step), and the GPU then waited for the backward's first kernels. Here the same loss and metrics are GPU tensors,
+appended to TRL's metric lists (`align.training.deferred_metrics` makes numbers of them when the trainer logs).
 
 Only TRL's default objective is taken over: `loss_type: sigmoid` (with any `loss_weights`), `f_divergence_type:
 reverse_kl`, no `ld_alpha`, no WPO weighting (`use_weighting`), no Mixtral-style aux loss (ours is added by
@@ -50,7 +50,8 @@ class DPOLossWithoutWaitsMixin:
 
         metrics = self._metrics["train" if self.model.training else "eval"]
         self._record_token_metrics(metrics, outputs, scored, inputs["attention_mask"], length)
-        chosen_rewards, rejected_rewards = self.beta * chosen_logratios.detach(), self.beta * rejected_logratios.detach()
+        chosen_rewards = self.beta * chosen_logratios.detach()
+        rejected_rewards = self.beta * rejected_logratios.detach()
         gather = self.accelerator.gather
         metrics["rewards/chosen"].append(gather(chosen_rewards).mean())
         metrics["rewards/rejected"].append(gather(rejected_rewards).mean())
