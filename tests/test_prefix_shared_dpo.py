@@ -5,6 +5,7 @@ gradients against stock TRL's `DPOTrainer` on the padded batch plus the model's 
 
 import pytest
 import torch
+import trl.trainer.dpo_trainer
 from conftest import tiny_config_kwargs
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -217,6 +218,23 @@ def test_the_reference_forward_comes_first_without_router_logits(tmp_path, lora)
     ours.model.train()
     ours.compute_loss(ours.model, dict(batch))
     assert forwards == [(False, False), (True, True)]
+
+
+def test_the_lora_reference_pass_does_not_unwrap_the_model_each_step(tmp_path, monkeypatch):
+    """TRL unwraps the model twice per reference pass, each a walk of all modules; ours finds the PEFT model once
+    (its reference log-probs and the loss are checked equal to stock TRL's above)."""
+    ours, _ = trainers(tmp_path, lora=True)
+    batch = ours._prepare_inputs(ours.data_collator([ours.train_dataset[i] for i in range(4)]))
+    ours.model.train()
+    ours.compute_loss(ours.model, dict(batch))  # the first step finds it
+    unwraps = []
+    unwrap = ours.accelerator.unwrap_model
+    monkeypatch.setattr(ours.accelerator, "unwrap_model",
+                        lambda *args, **kwargs: unwraps.append(1) or unwrap(*args, **kwargs))
+    monkeypatch.setattr(trl.trainer.dpo_trainer, "is_peft_model", lambda model: unwraps.append(1) or True)
+    for _ in range(2):
+        ours.compute_loss(ours.model, dict(batch))
+    assert unwraps == []
 
 
 def test_precomputed_reference_log_probs_are_the_padded_ones(tmp_path):

@@ -10,6 +10,7 @@ computes each pair's prompt once (`jetmoe_model.pair_packing`; `model.config.sha
 TRL's loss code runs unchanged on the same log-probs.
 """
 
+import torch
 from datasets import Dataset
 from trl import DPOTrainer
 
@@ -17,7 +18,7 @@ from ..config.recipes import Recipe
 from ..data.encoding import pair_length
 from ..lora.adapter_switch import install_quick_adapter_switch
 from .distributed import copy_model
-from .dpo_loss import DPOLossWithoutWaitsMixin
+from .dpo_loss import NOT_MODEL_INPUTS, DPOLossWithoutWaitsMixin
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
 
@@ -82,27 +83,36 @@ class ReferenceFirstMixin:
 
 class QuickReferenceMixin:
     """LoRA's reference is the policy with its adapters off, switched on every step (and every batch of a
-    precomputed reference pass) by `align.lora.adapter_switch` instead of PEFT's model scans."""
+    precomputed reference pass) by `align.lora.adapter_switch` instead of PEFT's model scans.
 
-    _quick_reference_installed = False
+    TRL's `compute_ref_log_probs` also unwraps the model twice a call (`is_peft_model`, `unwrap_model`), each a walk
+    of all its modules (~1,600 at JetMoE-8B's shape with LoRA): the PEFT model is found once here, and for a new
+    adapter (no "ref" adapter), TRL's sum of response log-probs (no `ld_alpha`) and no activation checkpointing, the
+    reference forward is made directly. Anything else goes to TRL's."""
+
+    _quick_reference = None  # the unwrapped PEFT model with the quick switch, once looked for; False: none
 
     def _install_quick_reference(self) -> None:
         """Once: unwrapping the model walks all its modules, too slow for every step."""
-        if not self._quick_reference_installed:
-            install_quick_adapter_switch(self.accelerator.unwrap_model(self.model))
-            self._quick_reference_installed = True
-
-    def _compute_loss(self, model, inputs, return_outputs):
-        self._install_quick_reference()
-        return super()._compute_loss(model, inputs, return_outputs)
+        if self._quick_reference is None:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            self._quick_reference = unwrapped if install_quick_adapter_switch(unwrapped) else False
 
     def compute_ref_log_probs(self, model, inputs):
         self._install_quick_reference()
-        return super().compute_ref_log_probs(model, inputs)
+        peft_model = self._quick_reference
+        if (not peft_model or self.ref_model is not None or "ref" in peft_model.peft_config
+                or self.ld_alpha is not None or peft_model.get_base_model().is_activation_checkpointing):  # fmt: skip
+            return super().compute_ref_log_probs(model, inputs)
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
+        with torch.no_grad(), peft_model.disable_adapter(), self.accelerator.autocast():
+            log_probs = model(**model_inputs, use_cache=False, labels=labels, fused_lm_head=True).log_probs
+        return log_probs[:, -(labels.shape[1] - 1):].sum(dim=1).chunk(2)
 
 
-class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, QuickReferenceMixin, ReferenceFirstMixin,
-                       SharedPromptsMixin, DPOLossWithoutWaitsMixin, DPOTrainer):  # fmt: skip
+class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, ReferenceFirstMixin, SharedPromptsMixin,
+                       QuickReferenceMixin, DPOLossWithoutWaitsMixin, DPOTrainer):  # fmt: skip
     """`DPOTrainer` whose loss includes JetMoE's weighted router losses (logged as aux_loss, router_z_loss)."""
 
     preference_pairs = True  # batches planned on the host share each pair's prompt (`PlannedBatchesMixin`)

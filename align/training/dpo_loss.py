@@ -16,7 +16,7 @@ gradients and logged metrics to TRL's on the same pairs.
 import torch
 import torch.nn.functional as F
 
-_NOT_MODEL_INPUTS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
+NOT_MODEL_INPUTS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # batch keys the model does not take
 
 
 class DPOLossWithoutWaitsMixin:
@@ -38,7 +38,7 @@ class DPOLossWithoutWaitsMixin:
             return super()._compute_loss(model, inputs, return_outputs)
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_inputs = {key: value for key, value in inputs.items() if key not in _NOT_MODEL_INPUTS}
+        model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
         outputs = model(**model_inputs, use_cache=False, labels=labels, fused_lm_head=True)
 
         scored = completion_mask[..., 1:]  # the tokens whose log-probs the head returns
