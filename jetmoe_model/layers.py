@@ -73,6 +73,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def _fused_rotary(x: torch.Tensor, backend: str) -> bool:
+    """Whether the Triton kernel rotates `x`: the Triton backend, and a head size that is a power of two (its tiles)."""
+    head_dim = x.shape[-1]
+    return resolve_backend(backend, x.device) == "triton" and head_dim & (head_dim - 1) == 0
+
+
 def apply_rotary(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "torch", token_major: bool = False
 ) -> torch.Tensor:
@@ -81,8 +87,7 @@ def apply_rotary(
     Returns `[B, H1 * H2, L, D]`: the fused kernel reads the two-dim heads in place, PyTorch copies them first.
     `token_major`: the fused kernel lays its result out as `[B, L, heads, D]` (what packed attention reads).
     """
-    head_dim = x.shape[-1]
-    if resolve_backend(backend, x.device) == "triton" and head_dim & (head_dim - 1) == 0:  # the kernel's tiles
+    if _fused_rotary(x, backend):
         from jetmoe_kernels.rotary import apply_rotary as fused_rotary
 
         return fused_rotary(x, cos, sin, token_major)
@@ -96,8 +101,7 @@ def apply_rotary_pair(
     token_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """`apply_rotary` of a layer's queries and keys; the fused kernel rotates both in one launch."""
-    head_dim = query.shape[-1]
-    if resolve_backend(backend, query.device) == "triton" and head_dim & (head_dim - 1) == 0:
+    if _fused_rotary(query, backend):
         from jetmoe_kernels.rotary import apply_rotary_pair as fused_rotary_pair
 
         return fused_rotary_pair(query, key, cos, sin, token_major)

@@ -18,7 +18,7 @@ from ..config.recipes import Recipe
 from ..data.encoding import pair_length
 from ..lora.adapter_switch import install_quick_adapter_switch
 from .distributed import copy_model
-from .dpo_loss import NOT_MODEL_INPUTS, DPOLossWithoutWaitsMixin
+from .dpo_loss import DPOLossWithoutWaitsMixin, completion_labels, forward_inputs
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
 
@@ -104,11 +104,9 @@ class QuickReferenceMixin:
         if (not peft_model or self.ref_model is not None or "ref" in peft_model.peft_config
                 or self.ld_alpha is not None or peft_model.get_base_model().is_activation_checkpointing):  # fmt: skip
             return super().compute_ref_log_probs(model, inputs)
-        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
         with torch.no_grad(), peft_model.disable_adapter(), self.accelerator.autocast():
-            log_probs = model(**model_inputs, use_cache=False, labels=labels, fused_lm_head=True).log_probs
-        return log_probs[:, -(labels.shape[1] - 1):].sum(dim=1).chunk(2)
+            log_probs = model(**forward_inputs(inputs)).log_probs
+        return log_probs[:, -(inputs["input_ids"].shape[1] - 1):].sum(dim=1).chunk(2)
 
 
 class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, ReferenceFirstMixin, SharedPromptsMixin,
@@ -119,7 +117,7 @@ class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, ReferenceFirstMixin
 
     def _head_labels(self, batch):
         """TRL's DPO loss scores the completions: its labels are the input ids outside them set to -100."""
-        return batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        return completion_labels(batch)
 
     def _policy_head_outputs(self):
         # TRL's DPO metrics, and the WPO weights with `use_weighting`

@@ -19,6 +19,17 @@ import torch.nn.functional as F
 NOT_MODEL_INPUTS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # batch keys the model does not take
 
 
+def completion_labels(batch: dict) -> torch.Tensor:
+    """TRL's DPO labels: the input ids, -100 outside the completions (what the fused head scores)."""
+    return batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+
+
+def forward_inputs(batch: dict) -> dict:
+    """A pair batch's keywords for a policy or reference forward through TRL's fused LM head, as TRL passes them."""
+    model_inputs = {key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS}
+    return {**model_inputs, "use_cache": False, "labels": completion_labels(batch), "fused_lm_head": True}
+
+
 class DPOLossWithoutWaitsMixin:
     """Mix in right before `trl.DPOTrainer`."""
 
@@ -36,12 +47,8 @@ class DPOLossWithoutWaitsMixin:
     def _compute_loss(self, model, inputs, return_outputs):
         if not self._loss_without_waits_applies(inputs, return_outputs):
             return super()._compute_loss(model, inputs, return_outputs)
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_inputs = {key: value for key, value in inputs.items() if key not in NOT_MODEL_INPUTS}
-        outputs = model(**model_inputs, use_cache=False, labels=labels, fused_lm_head=True)
-
-        scored = completion_mask[..., 1:]  # the tokens whose log-probs the head returns
+        outputs = model(**forward_inputs(inputs))
+        scored = inputs["completion_mask"][..., 1:]  # the tokens whose log-probs the head returns
         length = scored.shape[1]
         chosen_logps, rejected_logps = outputs.log_probs[:, -length:].sum(dim=1).chunk(2)
         chosen_logratios = chosen_logps - inputs["ref_chosen_logps"]
