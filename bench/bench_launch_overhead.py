@@ -101,7 +101,7 @@ def cases() -> dict:
         "MLP output weight gradient": lambda: grouped_dw.grouped_dw(hidden_rows[:, :FFN], dy_grouped, w_out.shape,
                                                                     torch.bfloat16, index, None, None),
         "LoRA prologue (A x as the forward calls it)": lambda: scatter_matmul.lora_prologue(
-            x, x, lora_A, lora_B, 2.0, index, index.token_rows),
+            x, lora_A, lora_B, 2.0, 0.0, index, index.token_rows),
         "Routing of one router (gates, grouping, tile plan)": routing_and_tiles,
     }  # fmt: skip
 

@@ -127,7 +127,7 @@ def projection_table(shape: dict, args) -> str:
         weight = torch.randn(num_experts, out_size, in_size, device="cuda", dtype=torch.bfloat16) * 0.02
         factors = [torch.randn(size, device="cuda").mul_(0.02).requires_grad_()  # float32, as PEFT keeps them
                    for size in [(num_experts, args.rank, in_size), (num_experts, out_size, args.rank)]]  # fmt: skip
-        lora = ExpertLora(x, *factors, scaling=2.0)
+        lora = ExpertLora(*factors, scaling=2.0)
 
         def base():
             return scattered_experts(x, weight, routing, **layout, gates=gates, backend="triton")

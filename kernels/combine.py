@@ -124,21 +124,22 @@ class GateCombine(torch.autograd.Function):
 class ScatteredMatmulCombine(torch.autograd.Function):
     """`out[t] = sum_j g[t, j] * W[e_j] x[row of slot t*k+j] + bias`; `x` in grouped (`grouped_in`) or slot order.
 
-    With a LoRA pair, each slot's row gets `s * B[e] A[e] x_lora` before the combine, as in `ScatteredMatmul`.
+    With a LoRA pair, each slot's row gets `s * B[e] A[e] x_lora` before the combine (`x_lora` `x` after LoRA's
+    dropout, or `x`), as in `ScatteredMatmul`.
     The output bias (JetMoE's experts share one) is added in the combine's pass instead of one of its own.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, gates, index: RoutingIndex, grouped_in: bool, x_lora, lora_A, lora_B, scaling, bias):
+    def forward(ctx, x, weight, gates, index: RoutingIndex, grouped_in: bool, lora_A, lora_B, scaling, dropout, bias):
         if x.shape[0] != index.slot_rows.shape[0]:
             raise ValueError("the combined matmul takes one input row per slot (grouped or slot order)")
         gates = gates.contiguous()
         in_rows = input_rows(x, index, grouped_in)
-        prologue = lora_prologue(x, x_lora, lora_A, lora_B, scaling, index, in_rows)
-        low_rank = None if prologue is None else (prologue[0], prologue[2])
+        prologue = lora_prologue(x, lora_A, lora_B, scaling, dropout, index, in_rows)
+        low_rank = None if prologue is None else (prologue[2], prologue[4])
         y = scatter_mm(x, weight, index, in_rows, index.slot_rows, index.slot_rows.shape[0], low_rank=low_rank)
         y_kept = y if ctx.needs_input_grad[2] else None  # y only feeds dgates
-        save_operands(ctx, index, in_rows, x, weight, (x_lora, lora_A, lora_B, scaling), prologue, gates, y_kept)
+        save_operands(ctx, index, in_rows, x, weight, (lora_A, lora_B, scaling, dropout), prologue, gates, y_kept)
         ctx.bias_dtype = None if bias is None else bias.dtype
         return combine_forward(y, gates, bias)
 
@@ -148,8 +149,8 @@ class ScatteredMatmulCombine(torch.autograd.Function):
         gates, y = saved[SAVED_OPERANDS:]
         dout = dout.contiguous()
         needs = ctx.needs_input_grad
-        matmul_needs = needs[:2] + needs[5:8]
-        grads = (None,) * 5
+        matmul_needs = needs[:2] + needs[5:7]
+        grads = (None,) * 4
         if any(matmul_needs):
             # Grouped row r is slot s = slot_rows[r]: its output gradient is gates[s] * dout[s // k]. Built once in
             # grouped order ([T*k, H], small next to the matmuls): scaling inside the weight-gradient loop cost more
@@ -157,8 +158,8 @@ class ScatteredMatmulCombine(torch.autograd.Function):
             grads = matmul_grads(ctx, saved, grouped_output_grad(dout, gates, ctx.index), None, matmul_needs)
         dg = gate_grad(y, dout, gates) if needs[2] else None
         dbias = dout.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if needs[9] else None
-        dx, dw, dx_lora, da, db = grads
-        return dx, dw, dg, None, None, dx_lora, da, db, None, dbias
+        dx, dw, da, db = grads
+        return dx, dw, dg, None, None, da, db, None, None, dbias
 
 
 def gate_combine(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -168,5 +169,5 @@ def gate_combine(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
 def scattered_matmul_combine(
     x, weight, gates, index: RoutingIndex, grouped_in: bool = False, *, lora=None, bias=None
 ):  # fmt: skip
-    """`lora`: None, or `(x_lora, A, B, scaling)` as `ScatteredMatmulCombine` takes them; `bias` `[N]` or None."""
+    """`lora`: None, or `(A, B, scaling, dropout)` as `ScatteredMatmulCombine` takes them; `bias` `[N]` or None."""
     return ScatteredMatmulCombine.apply(x, weight, gates, index, grouped_in, *(lora or NO_LORA), bias)

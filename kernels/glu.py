@@ -110,7 +110,7 @@ class ScatteredMatmulSiluGLU(torch.autograd.Function):
         saved = ctx.saved_tensors
         (ab,) = saved[SAVED_OPERANDS:]
         dab = silu_glu_backward(ab, dh.contiguous())
-        dx, dw, *_ = matmul_grads(ctx, saved, dab, None, ctx.needs_input_grad[:2] + (False, False, False))
+        dx, dw, *_ = matmul_grads(ctx, saved, dab, None, ctx.needs_input_grad[:2] + (False, False))
         return dx, dw, None, None, None
 
 

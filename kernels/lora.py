@@ -20,16 +20,18 @@ from .routing import Routing
 
 
 class ExpertLora(NamedTuple):
-    """One LoRA pair on an expert weight: `scaling * B_e (A_e x)` added to every routed row.
+    """One LoRA pair on an expert weight: `scaling * B_e (A_e dropout(x))` added to every routed row.
 
     The factors may be in another dtype than `x` and strided (PEFT's float32 adapters, viewed per expert): they are
-    cast for the matmuls, and their gradients come back in their own dtype.
+    cast for the matmuls, and their gradients come back in their own dtype. LoRA reads the base input `x` after a
+    dropout with probability `dropout` (0: `x` itself), drawn as `nn.Dropout` draws it in training; the Triton
+    backend applies its backward inside the input gradient's matmul.
     """
 
-    x: torch.Tensor  # LoRA's input, in the same rows as the base input (itself, or after LoRA's dropout)
     A: torch.Tensor  # [E, r, in]
     B: torch.Tensor  # [E, out, r]
     scaling: float
+    dropout: float = 0.0
 
 
 def scattered_experts(
@@ -86,12 +88,14 @@ def _with_glu(x, weight, routing, grouped_in, grouped_out, backend, lora, activa
 
 
 def _reference_with_lora(x, weight, routing, grouped_in, grouped_out, gates, lora) -> torch.Tensor:
-    """The PyTorch oracle: base rows, plus the LoRA update as its own two rank-r matmuls, then the combine."""
+    """The PyTorch oracle: base rows, plus the LoRA update as its own two rank-r matmuls (after PyTorch's own
+    dropout and its backward), then the combine."""
     layout = dict(grouped_in=grouped_in, grouped_out=grouped_out)
     if lora is None:
         return scattered_experts_reference(x, weight, routing, **layout, gates=gates)
     y = scattered_experts_reference(x, weight, routing, **layout)
-    y = y + expert_lora_delta(lora.x, lora.A, lora.B, lora.scaling, routing, **layout)
+    x_lora = torch.native_dropout(x, lora.dropout, True)[0] if lora.dropout else x
+    y = y + expert_lora_delta(x_lora, lora.A, lora.B, lora.scaling, routing, **layout)
     return y if gates is None else combine_slots(y, gates)
 
 

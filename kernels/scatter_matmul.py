@@ -14,6 +14,9 @@ order computed beforehand (`l = A x` forward, `dy B` backward). The kernel start
 `l[rows] @ V[e]^T` (one K=R dot), so a LoRA expert projection costs one full-width matmul plus rank-R work instead
 of three full-width passes. Starting the accumulator with it rather than adding it after the main loop measured
 faster on an H100: 0.88 against 1.50 ms of LoRA overhead per JetMoE-8B layer (`bench/bench_lora.py --projections`).
+With LoRA dropout the input gradient's low-rank start is masked by the dropout's kept elements before the main loop
+adds `dy W[e]`: the dropout's backward, a rank-R input-gradient matmul of its own, its sum over a token's slots and
+the add of the two gradients ride in the one kernel.
 """
 
 import functools
@@ -50,8 +53,9 @@ def _scatter_mm_kernel(
     X, W, W_DESC, Y, AB, in_rows, out_rows, tile_start, tile_end, tile_expert,
     num_tiles, N, K,
     stride_xm, stride_xk, stride_we, stride_wn, stride_wk, stride_ym, stride_yn, stride_abm, scale,
-    L, V, R, stride_lm, stride_lr, stride_ve, stride_vn, stride_vr,
+    L, V, R, stride_lm, stride_lr, stride_ve, stride_vn, stride_vr, KEEP, keep_rows, stride_keep, keep_scale,
     IN_INDEXED: tl.constexpr, OUT_INDEXED: tl.constexpr, EVEN_K: tl.constexpr, HAS_LOW_RANK: tl.constexpr,
+    HAS_KEEP: tl.constexpr, KEEP_INDEXED: tl.constexpr,
     W_TMA: tl.constexpr, W_KN: tl.constexpr, SILU_GLU: tl.constexpr, KEEP_AB: tl.constexpr,
     PRECISION: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -93,6 +97,11 @@ def _scatter_mm_kernel(
         if DOT_FP32:
             low, up = low.to(tl.float32), up.to(tl.float32)
         acc = tl.dot(low, up, acc, input_precision=PRECISION)
+        if HAS_KEEP:  # LoRA dropout's backward on the low-rank term: kept elements scaled, dropped ones zero
+            keep_src = tl.load(keep_rows + rows, mask=row_mask, other=0) if KEEP_INDEXED else rows
+            keep_ptrs = KEEP + keep_src.to(tl.int64)[:, None] * stride_keep + cols[None, :]
+            keep = tl.load(keep_ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0)
+            acc = tl.where(keep, acc * keep_scale, 0.0)
     if SILU_GLU:  # the second half of the weight's rows (b of [a, b]) in its own accumulator
         acc_b = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n0 = pid_n * BLOCK_N
@@ -197,6 +206,7 @@ def scatter_mm(
     transpose_weight: bool = False,
     scale: float = 1.0,
     low_rank: tuple[torch.Tensor, torch.Tensor] | None = None,
+    low_rank_keep: tuple[torch.Tensor, torch.Tensor | None, float] | None = None,
     silu_glu: bool = False,
     keep_ab: torch.Tensor | None = None,
     weight_by_tma: bool = True,
@@ -207,6 +217,8 @@ def scatter_mm(
     `scale` multiplies the result: LoRA's scaling, applied where it is cheapest, on the rank-r rows (`A x`, `dy B`).
     `low_rank` `(l, v)` adds `v[e] @ l[r]` to grouped row r: `l` `[T*k, R]` in grouped order, `v` laid out as
     `weight` with R for its input dimension (`[E, N, R]`, or `[E, R, N]` with `transpose_weight`).
+    `low_rank_keep` `(keep, keep_rows, keep_scale)` multiplies that term by `keep_scale * keep[keep_rows[r]]`
+    elementwise (`keep` boolean `[rows, N]`, contiguous; `keep_rows` None: grouped order): LoRA dropout's backward.
     With `silu_glu`, the result is `silu(a) * b` for `[a, b]` the two halves of `W[e] x` (`[T*k, N/2]`), computed
     in the epilogue; `keep_ab` `[T*k, N]`, if given, also receives `[a, b]` (what the GLU's backward reads).
     `weight_by_tma` False reads the weight by pointers even where TMA could: LoRA's rank-r matmuls, whose weight
@@ -221,7 +233,7 @@ def scatter_mm(
     y = torch.empty(num_out_rows, n, device=x.device, dtype=x.dtype)
     if out_rows is not None and num_out_rows > index.slot_rows.shape[0]:
         raise ValueError("scattered outputs cannot hold more rows than routed slots")
-    low_rank_args = _low_rank_args(low_rank, x, weight.shape[0], n, transpose_weight)
+    low_rank_args = _low_rank_args(low_rank, low_rank_keep, x, weight.shape[0], n, transpose_weight)
     ab = keep_ab if keep_ab is not None else y  # a placeholder the kernel never writes without KEEP_AB
 
     def launch(cfg):
@@ -244,21 +256,35 @@ def scatter_mm(
     return y
 
 
-def _low_rank_args(low_rank, x: torch.Tensor, num_experts: int, n: int, transpose: bool) -> dict:
-    """The kernel's low-rank arguments for `low_rank = (l, v)`, checked against the main matmul's shape.
+def _low_rank_args(low_rank, keep, x: torch.Tensor, num_experts: int, n: int, transpose: bool) -> dict:
+    """The kernel's low-rank arguments for `low_rank = (l, v)` and its mask `keep`, checked against the main
+    matmul's shape.
 
-    Without a low-rank term the pointers are placeholders (`x`) that the kernel never reads.
+    Without a low-rank term (or a mask) the pointers are placeholders (`x`) that the kernel never reads.
     """
+    keep_args = _keep_args(keep, x, n)
     if low_rank is None:
+        assert keep is None, "a mask needs the low-rank term it masks"
         strides = dict(stride_lm=0, stride_lr=0, stride_ve=0, stride_vn=0, stride_vr=0)
-        return dict(L=x, V=x, R=0, **strides, HAS_LOW_RANK=False, BLOCK_R=16)
+        return dict(L=x, V=x, R=0, **strides, HAS_LOW_RANK=False, BLOCK_R=16, **keep_args)
     rows, up = low_rank
     up_n, rank, stride_ve, stride_vn, stride_vr = _oriented(up, transpose)
     if (up.shape[0], up_n, rows.shape[1]) != (num_experts, n, rank):
         raise ValueError(f"low-rank rows {tuple(rows.shape)} and weight {tuple(up.shape)} do not fit the matmul")
     strides = dict(stride_lm=rows.stride(0), stride_lr=rows.stride(1), stride_ve=stride_ve, stride_vn=stride_vn,
                    stride_vr=stride_vr)  # fmt: skip
-    return dict(L=rows, V=up, R=rank, **strides, HAS_LOW_RANK=True, BLOCK_R=rank_block(rank))
+    return dict(L=rows, V=up, R=rank, **strides, HAS_LOW_RANK=True, BLOCK_R=rank_block(rank), **keep_args)
+
+
+def _keep_args(keep, placeholder: torch.Tensor, n: int) -> dict:
+    if keep is None:
+        return dict(KEEP=placeholder, keep_rows=placeholder, stride_keep=0, keep_scale=1.0, HAS_KEEP=False,
+                    KEEP_INDEXED=False)  # fmt: skip
+    mask, rows, scale = keep
+    if mask.dtype != torch.bool or mask.shape[1] != n or mask.stride(1) != 1:
+        raise ValueError(f"the low-rank mask must be boolean, contiguous rows of {n}: {mask.dtype} {tuple(mask.shape)}")
+    return dict(KEEP=mask, keep_rows=placeholder if rows is None else rows, stride_keep=mask.stride(0),
+                keep_scale=scale, HAS_KEEP=True, KEEP_INDEXED=rows is not None)  # fmt: skip
 
 
 def input_rows(x: torch.Tensor, index: RoutingIndex, grouped: bool) -> torch.Tensor | None:
@@ -280,99 +306,105 @@ def reduce_token_slots(dx_slots: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 def input_grad(dy, weight, index: RoutingIndex, dy_rows, in_rows, num_rows: int, low_rank=None,
-               weight_by_tma: bool = True) -> torch.Tensor:  # fmt: skip
-    """`dx = dy W[e]` (plus the `low_rank` term) back in the rows the input was read from."""
+               low_rank_keep=None) -> torch.Tensor:  # fmt: skip
+    """`dx = dy W[e]` (plus the `low_rank` term, masked by `low_rank_keep`) back in the rows the input was read from."""
     # Token rows are read k times: write per-slot gradients, then sum them per token.
     token_input = in_rows is index.token_rows
     dx_rows = index.slot_rows if token_input else in_rows
     num_slots = index.slot_rows.shape[0]
     dx = scatter_mm(dy, weight, index, dy_rows, dx_rows, num_slots, transpose_weight=True, low_rank=low_rank,
-                    weight_by_tma=weight_by_tma)  # fmt: skip
+                    low_rank_keep=low_rank_keep)  # fmt: skip
     return reduce_token_slots(dx, num_rows) if token_input else dx
 
 
-SAVED_OPERANDS = 8  # tensors `save_operands` keeps ahead of a Function's own
+SAVED_OPERANDS = 9  # tensors `save_operands` keeps ahead of a Function's own
 
 
-def lora_prologue(x, x_lora, lora_A, lora_B, scaling: float, index: RoutingIndex, in_rows) -> tuple | None:
-    """`(l, A, B)`: the rank-r rows `l[r] = s * A[e] x_lora[r]` (grouped order) and the factors as the kernels read
-    them, in `x`'s dtype and `B` contiguous (PEFT's layout interleaves the experts). None without LoRA."""
+def lora_prologue(x, lora_A, lora_B, scaling: float, dropout: float, index: RoutingIndex, in_rows) -> tuple | None:
+    """`(x_lora, keep, l, A, B)`: LoRA's input (`x` after dropout, the kept elements `keep`; `x` and None without
+    dropout), the rank-r rows `l[r] = s * A[e] x_lora[r]` (grouped order) and the factors as the kernels read them,
+    in `x`'s dtype and `B` contiguous (PEFT's layout interleaves the experts). None without LoRA.
+
+    The dropout is `torch.native_dropout`, the kernel `nn.Dropout` runs in training: same random draws, same
+    result as PEFT's dropout module in its place."""
     if lora_A is None:
         return None
+    x_lora, keep = torch.native_dropout(x, dropout, True) if dropout else (x, None)
     lora_A, lora_B = lora_A.to(x.dtype), lora_B.to(x.dtype, memory_format=torch.contiguous_format)
     rows = scatter_mm(x_lora, lora_A, index, in_rows, None, index.slot_rows.shape[0], scale=scaling,
                       weight_by_tma=False)  # fmt: skip
-    return rows, lora_A, lora_B
+    return x_lora, keep, rows, lora_A, lora_B
 
 
 def save_operands(ctx, index: RoutingIndex, in_rows, x, weight, lora: tuple, prologue, *extra) -> None:
     """Keeps what `matmul_grads` reads; `extra` tensors are saved after them (`saved[SAVED_OPERANDS:]`)."""
-    x_lora, lora_A, lora_B, scaling = lora
-    ctx.save_for_backward(x, weight, x_lora, lora_A, lora_B, *(prologue or (None, None, None)), *extra)
-    ctx.index, ctx.in_rows, ctx.scaling, ctx.lora_reads_x = index, in_rows, scaling, x_lora is x
+    lora_A, lora_B, scaling, dropout = lora
+    ctx.save_for_backward(x, weight, lora_A, lora_B, *(prologue or (None,) * 5), *extra)
+    ctx.index, ctx.in_rows, ctx.scaling = index, in_rows, scaling
+    ctx.keep_scale = 1.0 / (1.0 - dropout) if dropout < 1 else 0.0  # as native_dropout scales what it keeps
 
 
 def matmul_grads(ctx, saved: tuple, dy: torch.Tensor, dy_rows, needs) -> tuple:
-    """`(dx, dW, dx_lora, dA, dB)` of `y = W[e] x + s * B[e] A[e] x_lora` from `dy` in rows `dy_rows` (None: grouped).
+    """`(dx, dW, dA, dB)` of `y = W[e] x + s * B[e] A[e] x_lora` from `dy` in rows `dy_rows` (None: grouped), for
+    `x_lora` `x` itself or `x` after dropout.
 
     `saved` is `ctx.saved_tensors`, read once by the caller's backward: activation checkpointing (non-reentrant)
     refuses a second read.
 
-    `needs` says which of the five are wanted. LoRA's rank-r output gradient `dl = s * dy B[e]` comes first: when
-    the LoRA input is `x` itself (no dropout), the input gradient's matmul adds `dl A[e]`; otherwise
-    `dx_lora` is its own rank-r matmul. `dA` and `dB` come out in the dtype and strides of the factors given
-    (PEFT's float32 views), so nothing is cast or permuted after. A LoRA layer's base weight is frozen: no `dW`.
+    `needs` says which of the four are wanted. LoRA's rank-r output gradient `dl = s * dy B[e]` comes first; the
+    input gradient's matmul adds `dl A[e]` (with dropout, masked by the kept elements and scaled as the dropout
+    scaled them). `dA` and `dB` come out in the dtype and strides of the factors given (PEFT's float32 views), so
+    nothing is cast or permuted after. A LoRA layer's base weight is frozen: no `dW`.
     """
-    x, weight, x_lora, lora_A, lora_B, rows, kernel_A, kernel_B = saved[:SAVED_OPERANDS]
+    x, weight, lora_A, lora_B, x_lora, keep, rows, kernel_A, kernel_B = saved[:SAVED_OPERANDS]
     index, in_rows = ctx.index, ctx.in_rows
-    want_dx, want_dw, want_dx_lora, want_da, want_db = needs
+    want_dx, want_dw, want_da, want_db = needs
     num_slots = index.slot_rows.shape[0]
     d_rows = None
-    if lora_A is not None and (want_dx or want_dx_lora or want_da):
+    if lora_A is not None and (want_dx or want_da):
         d_rows = scatter_mm(dy, kernel_B, index, dy_rows, None, num_slots, transpose_weight=True, scale=ctx.scaling,
                             weight_by_tma=False)  # fmt: skip
-    fused = (d_rows, kernel_A) if d_rows is not None and ctx.lora_reads_x else None
-    dx = input_grad(dy, weight, index, dy_rows, in_rows, x.shape[0], fused) if want_dx else None
+    dx = None
+    if want_dx:
+        low_rank = None if d_rows is None else (d_rows, kernel_A)
+        low_rank_keep = None if keep is None else (keep, in_rows, ctx.keep_scale)
+        dx = input_grad(dy, weight, index, dy_rows, in_rows, x.shape[0], low_rank, low_rank_keep)
     dw = weight_grad(x, dy, weight, index, in_rows, dy_rows) if want_dw else None
-    dx_lora = None
-    if want_dx_lora and not ctx.lora_reads_x:
-        dx_lora = input_grad(d_rows, kernel_A, index, None, in_rows, x_lora.shape[0], weight_by_tma=False)
     da = weight_grad(x_lora, d_rows, lora_A, index, in_rows, None) if want_da else None
     db = weight_grad(rows, dy, lora_B, index, None, dy_rows) if want_db else None
-    return dx, dw, dx_lora, da, db
+    return dx, dw, da, db
 
 
 class ScatteredMatmul(torch.autograd.Function):
     """Autograd for `scatter_mm`: x in grouped/slot/token rows, y `[T*k, N]` in grouped or slot order.
 
     With a LoRA pair, `y[r] += s * B[e] A[e] x_lora[r]` (`A` `[E, rank, K]`, `B` `[E, N, rank]`, any float dtype
-    and strides; `x_lora` read in the same rows as `x`), added inside the matmul.
+    and strides; `x_lora` `x` after LoRA's dropout with probability `dropout`, or `x` itself), added inside the
+    matmul.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, index: RoutingIndex, grouped_in, grouped_out, x_lora, lora_A, lora_B, scaling):
+    def forward(ctx, x, weight, index: RoutingIndex, grouped_in, grouped_out, lora_A, lora_B, scaling, dropout):
         in_rows = input_rows(x, index, grouped_in)
         out_rows = None if grouped_out else index.slot_rows
-        prologue = lora_prologue(x, x_lora, lora_A, lora_B, scaling, index, in_rows)
-        save_operands(ctx, index, in_rows, x, weight, (x_lora, lora_A, lora_B, scaling), prologue)
+        prologue = lora_prologue(x, lora_A, lora_B, scaling, dropout, index, in_rows)
+        save_operands(ctx, index, in_rows, x, weight, (lora_A, lora_B, scaling, dropout), prologue)
         ctx.out_rows = out_rows
-        low_rank = None if prologue is None else (prologue[0], prologue[2])
+        low_rank = None if prologue is None else (prologue[2], prologue[4])
         return scatter_mm(x, weight, index, in_rows, out_rows, index.slot_rows.shape[0], low_rank=low_rank)
 
     @staticmethod
     def backward(ctx, dy):
         needs = ctx.needs_input_grad
-        dx, dw, dx_lora, da, db = matmul_grads(
-            ctx, ctx.saved_tensors, dy.contiguous(), ctx.out_rows, needs[:2] + needs[5:8]
-        )
-        return dx, dw, None, None, None, dx_lora, da, db, None
+        dx, dw, da, db = matmul_grads(ctx, ctx.saved_tensors, dy.contiguous(), ctx.out_rows, needs[:2] + needs[5:7])
+        return dx, dw, None, None, None, da, db, None, None
 
 
-NO_LORA = (None, None, None, 1.0)
+NO_LORA = (None, None, 1.0, 0.0)
 
 
 def scattered_matmul(
     x, weight, index: RoutingIndex, grouped_in: bool = False, grouped_out: bool = False, *, lora=None
 ):
-    """`lora`: None, or `(x_lora, A, B, scaling)` as `ScatteredMatmul` takes them."""
+    """`lora`: None, or `(A, B, scaling, dropout)` as `ScatteredMatmul` takes them."""
     return ScatteredMatmul.apply(x, weight, index, grouped_in, grouped_out, *(lora or NO_LORA))

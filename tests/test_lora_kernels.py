@@ -1,5 +1,5 @@
-"""The routed LoRA update equals the naive dense one, `(W_e + s * B_e A_e) x`, in outputs and gradients; the fused
-Triton path equals the PyTorch oracle on every layout the model uses, routing extremes, ranks 8 and 16."""
+"""The routed LoRA update equals the naive dense one, `W_e x + s * B_e A_e dropout(x)`, in outputs and gradients;
+the fused Triton path equals the PyTorch oracle on every layout the model uses, routing extremes, ranks 8 and 16."""
 
 import pytest
 import torch
@@ -26,18 +26,25 @@ def routed_inputs(seed: int, dtype=torch.float32):
     return [t.requires_grad_() for t in tensors], routing, generator
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_routed_lora_equals_dense_weight_plus_scaled_BA(layout, backend):
+def test_routed_lora_equals_dense_weight_plus_scaled_BA(layout, backend, dropout):
+    """With dropout, the update reads `nn.functional.dropout(x)` drawn from the same seed: the same random draws as
+    PEFT's dropout module, and its backward is PyTorch's."""
     spec = LAYOUTS[layout]
     (weight, lora_A, lora_B), routing, generator = routed_inputs(seed=len(layout))
     x = torch.randn(spec["rows"], IN, generator=generator).to(DEVICE).requires_grad_()
     flags = dict(grouped_in=spec.get("grouped_in", False), grouped_out=spec.get("grouped_out", False),
                  gates=routing.gates if spec.get("gated") else None)
 
-    routed = scattered_experts(x, weight, routing, backend=backend, lora=ExpertLora(x, lora_A, lora_B, SCALING),
-                               **flags)  # fmt: skip
-    dense = scattered_experts_reference(x, weight + SCALING * lora_B @ lora_A, routing, **flags)
+    torch.manual_seed(11)
+    routed = scattered_experts(x, weight, routing, backend=backend,
+                               lora=ExpertLora(lora_A, lora_B, SCALING, dropout), **flags)  # fmt: skip
+    torch.manual_seed(11)
+    x_lora = torch.nn.functional.dropout(x, dropout)
+    dense = (scattered_experts_reference(x, weight, routing, **flags)
+             + scattered_experts_reference(x_lora, SCALING * lora_B @ lora_A, routing, **flags))  # fmt: skip
 
     torch.testing.assert_close(routed, dense, atol=1e-4, rtol=1e-4)
     grad_out = torch.randn(dense.shape, generator=generator).to(DEVICE)
@@ -66,7 +73,7 @@ FUSED_CASES = [
 T, E, K_IN, N_OUT = 19, 4, 24, 40  # none a multiple of the interpreter's 16-wide tiles
 
 
-def fused_vs_oracle(layout, routing_kind, dtype, rank, top_k=2, lora_input=None):
+def fused_vs_oracle(layout, routing_kind, dtype, rank, top_k=2, dropout=0.0):
     """Triton's fused LoRA projection and the PyTorch oracle on the same inputs: `(name, ours, oracle)` triples."""
     _, rows, grouped_in, grouped_out, gated = layout
     routing, gates = make_routing(routing_kind, T, E, top_k, dtype, grad=gated)
@@ -79,7 +86,8 @@ def fused_vs_oracle(layout, routing_kind, dtype, rank, top_k=2, lora_input=None)
     layout_flags = dict(grouped_in=grouped_in, grouped_out=grouped_out, gates=gates if gated else None)
 
     def projection(backend):
-        lora = ExpertLora(x if lora_input is None else lora_input(x), lora_A, peft_B.permute(2, 0, 1), scaling=2.0)
+        torch.manual_seed(5)  # the same dropout draws on both backends
+        lora = ExpertLora(lora_A, peft_B.permute(2, 0, 1), scaling=2.0, dropout=dropout)
         return scattered_experts(x, weight, routing, backend=backend, lora=lora, **layout_flags)
 
     results = {backend: projection(backend) for backend in ("triton", "torch")}
@@ -97,16 +105,39 @@ def test_fused_lora_matches_the_oracle(layout, routing_kind, dtype, rank):
         assert_close(ours, oracle, dtype, name)
 
 
-@pytest.mark.parametrize("layout", [MODEL_LAYOUTS[0], MODEL_LAYOUTS[3]], ids=lambda layout: layout[0])
-def test_fused_lora_with_dropout_reads_the_dropped_input_for_A_only(layout):
-    """LoRA dropout: `A` sees the dropped input, the base weight the clean one; `dx` sums both paths."""
-    mask = (torch.rand(T * 2, K_IN, generator=torch.Generator().manual_seed(5)) > 0.3).to(DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda dtype: str(dtype)[6:])
+@pytest.mark.parametrize("layout", MODEL_LAYOUTS[:2] + MODEL_LAYOUTS[3:], ids=lambda layout: layout[0])
+def test_fused_lora_with_dropout_reads_the_dropped_input_for_A_only(layout, dtype):
+    """LoRA dropout: `A` sees the dropped input, the base weight the clean one; `dx` sums both paths, the dropout's
+    backward applied to LoRA's inside the input gradient's matmul (token, grouped and slot rows)."""
+    for name, ours, oracle in fused_vs_oracle(layout, "random", dtype, 16, dropout=0.3):
+        assert_close(ours, oracle, dtype, name)
 
-    def dropout(x):
-        return x * mask[: x.shape[0]] / 0.7
 
-    for name, ours, oracle in fused_vs_oracle(layout, "random", torch.float32, 16, lora_input=dropout):
-        assert_close(ours, oracle, torch.float32, name)
+def test_fused_lora_dropout_backward_is_one_input_gradient_matmul(monkeypatch):
+    """With dropout as without it, the backward of a LoRA projection launches the same matmuls: `dy B`, the input
+    gradient with `dl A` inside, the weight gradients; no rank-r input gradient, slot sum or add of its own."""
+    from jetmoe_kernels import scatter_matmul
+
+    launches = []
+    launch = scatter_matmul.scatter_mm
+
+    def spy(*args, **kwargs):
+        launches.append(kwargs.get("low_rank_keep") is not None)
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(scatter_matmul, "scatter_mm", spy)
+    routing, _ = make_routing("random", T, E, 2, torch.float32)
+    x = randn(T, K_IN, dtype=torch.float32, seed=1)
+    weight = randn(E, N_OUT, K_IN, dtype=torch.float32, seed=2, grad=False)
+    factors = randn(E, 8, K_IN, dtype=torch.float32, seed=3), randn(E, N_OUT, 8, dtype=torch.float32, seed=4)
+    counts = {}
+    for dropout in (0.0, 0.3):
+        launches.clear()
+        y = scattered_experts(x, weight, routing, backend="triton", lora=ExpertLora(*factors, 2.0, dropout))
+        y.sum().backward()
+        counts[dropout] = len(launches), sum(launches)
+    assert counts == {0.0: (4, 0), 0.3: (4, 1)}  # A x, the forward; dy B, dx (masked with dropout)
 
 
 def test_only_the_base_weight_is_read_by_tma(monkeypatch):
@@ -122,9 +153,7 @@ def test_only_the_base_weight_is_read_by_tma(monkeypatch):
         return describe(weight, transpose_weight, cfg)
 
     monkeypatch.setattr(scatter_matmul, "_weight_descriptor", spy)
-    mask = (torch.rand(T, K_IN, generator=torch.Generator().manual_seed(5)) > 0.3).to(DEVICE)
-    for name, ours, oracle in fused_vs_oracle(MODEL_LAYOUTS[0], "random", torch.float32, 16,
-                                              lora_input=lambda x: x * mask / 0.7):  # fmt: skip
+    for name, ours, oracle in fused_vs_oracle(MODEL_LAYOUTS[0], "random", torch.float32, 16, dropout=0.3):
         assert_close(ours, oracle, torch.float32, name)
     assert described and set(described) == {(E, N_OUT, K_IN)}
 

@@ -52,13 +52,16 @@ class RoutedExpertLora(ParamWrapper):
             return self.base_layer(x, routing, gates=gates, **layout)
         if len(adapters) > 1:
             return self._several_adapters(x, routing, adapters, gates, layout)
-        return scattered_experts(x, self.get_param(), routing, gates=gates, lora=self._expert_lora(adapters[0], x),
+        return scattered_experts(x, self.get_param(), routing, gates=gates, lora=self._expert_lora(adapters[0]),
                                  **layout)  # fmt: skip
 
-    def _expert_lora(self, adapter: str, x: torch.Tensor) -> ExpertLora:
-        """The adapter's per-expert factors (views of its parameters) and its input (after LoRA dropout)."""
+    def _expert_lora(self, adapter: str) -> ExpertLora:
+        """The adapter's per-expert factors (views of its parameters), its scaling, and its dropout module's
+        probability in training (applied by the expert kernels, the same draws as the module's)."""
         lora_A, lora_B = expert_factors(self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.num_experts)
-        return ExpertLora(self.lora_dropout[adapter](x), lora_A, lora_B, self.scaling[adapter])
+        dropout = self.lora_dropout[adapter]
+        probability = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        return ExpertLora(lora_A, lora_B, self.scaling[adapter], probability)
 
     def _several_adapters(self, x, routing: Routing, adapters: list[str], gates, layout: dict) -> torch.Tensor:
         """Adapters active together (PEFT allows it): each update summed onto the base rows, then the GLU (the
@@ -67,8 +70,9 @@ class RoutedExpertLora(ParamWrapper):
         activation, bias = layout.pop("glu_activation", None), layout.pop("bias", None)
         result = self.base_layer(x, routing, **layout)
         for adapter in adapters:
-            lora = self._expert_lora(adapter, x)
-            result = result + expert_lora_delta(lora.x, lora.A, lora.B, lora.scaling, routing, **layout)
+            lora = self._expert_lora(adapter)
+            x_lora = self.lora_dropout[adapter](x)
+            result = result + expert_lora_delta(x_lora, lora.A, lora.B, lora.scaling, routing, **layout)
         if activation is not None:
             result = glu(result, activation, layout["backend"])
         if gates is not None:
