@@ -2,8 +2,9 @@
 
 A walk visits every module of the model (~1,600 for JetMoE-8B with the LoRA recipe's targets): TRL's reference pass
 unwrapped the model twice a step (`is_peft_model`, `Accelerator.unwrap_model`; ours finds the PEFT model once, issue
-23), and transformers' training step calls `model.train()` and `model.zero_grad()`. The model is built on the meta
-device: walks do not touch weights.
+23), and transformers' training step calls `model.train()` and `model.zero_grad()` (ours make them without a walk
+while nothing changed: `align/training/module_walks.py`, the last two rows). The model is built on the meta device:
+walks do not touch weights.
 
     PYTHONPATH=. python bench/bench_host_walks.py
 """
@@ -17,6 +18,7 @@ from accelerate.utils import is_peft_model
 
 from align.lora.adapters import add_lora
 from align.lora.arguments import LoraArguments
+from align.training.module_walks import quicken_module_walks
 from jetmoe_model import JetMoEConfig, JetMoEForCausalLM
 
 JETMOE_8B = dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=24, intermediate_size=5632,
@@ -46,6 +48,9 @@ def main():
                        ("accelerator.unwrap_model(model)", lambda: accelerator.unwrap_model(model)),
                        ("model.train()", model.train), ("model.zero_grad()", model.zero_grad)]:  # fmt: skip
         print(f"| `{name}` | {milliseconds_a_call(call, args.repeats):.2f} |")
+    quicken_module_walks(model)
+    for name, call in [("model.train()", model.train), ("model.zero_grad()", model.zero_grad)]:
+        print(f"| `{name}`, ours | {milliseconds_a_call(call, args.repeats):.3f} |")
 
 
 if __name__ == "__main__":
