@@ -18,7 +18,7 @@ from ..config.recipes import Recipe
 from ..data.encoding import pair_length
 from ..lora.adapter_switch import install_quick_adapter_switch
 from .distributed import copy_model
-from .dpo_loss import DPOLossWithoutWaitsMixin, completion_labels, forward_inputs
+from .dpo_loss import DPOLossWithoutWaitsMixin, completion_labels, completion_logps, forward_inputs
 from .stage import run_stage
 from .trainer_mixins import JetMoETrainerMixin
 
@@ -105,8 +105,7 @@ class QuickReferenceMixin:
                 or self.ld_alpha is not None or peft_model.get_base_model().is_activation_checkpointing):  # fmt: skip
             return super().compute_ref_log_probs(model, inputs)
         with torch.no_grad(), peft_model.disable_adapter(), self.accelerator.autocast():
-            log_probs = model(**forward_inputs(inputs)).log_probs
-        return log_probs[:, -(inputs["input_ids"].shape[1] - 1):].sum(dim=1).chunk(2)
+            return completion_logps(model(**forward_inputs(inputs)).log_probs, inputs)
 
 
 class JetMoEDPOTrainer(JetMoETrainerMixin, PairLengthsMixin, ReferenceFirstMixin, SharedPromptsMixin,

@@ -24,6 +24,12 @@ def completion_labels(batch: dict) -> torch.Tensor:
     return batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
 
 
+def completion_logps(log_probs: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's summed completion log-probs `(chosen, rejected)` from the fused head's per-position log-probs
+    (zero outside the completions), over the positions TRL scores: all but the first."""
+    return log_probs[:, 1 - batch["input_ids"].shape[1]:].sum(dim=1).chunk(2)
+
+
 def forward_inputs(batch: dict) -> dict:
     """A pair batch's keywords for a policy or reference forward through TRL's fused LM head, as TRL passes them."""
     model_inputs = {key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS}
@@ -50,7 +56,7 @@ class DPOLossWithoutWaitsMixin:
         outputs = model(**forward_inputs(inputs))
         scored = inputs["completion_mask"][..., 1:]  # the tokens whose log-probs the head returns
         length = scored.shape[1]
-        chosen_logps, rejected_logps = outputs.log_probs[:, -length:].sum(dim=1).chunk(2)
+        chosen_logps, rejected_logps = completion_logps(outputs.log_probs, inputs)
         chosen_logratios = chosen_logps - inputs["ref_chosen_logps"]
         rejected_logratios = rejected_logps - inputs["ref_rejected_logps"]
         loss = -F.logsigmoid(self.beta * (chosen_logratios - rejected_logratios)).mean() * self.loss_weights[0]
